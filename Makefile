@@ -1,0 +1,43 @@
+# mrzap developer entry points. Every target creates the virtual environment when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BREAKING_AGAINST ?= main
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv run test lint gen gen-check bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: venv
+	mrzapd up
+
+# pytest exits 5 when it collects nothing: that means the suite went missing, so say so and fail.
+test: venv
+	@pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the test suite is missing" >&2; fi; \
+	exit $$rc
+
+lint: venv
+	ruff check .
+	ruff format --check .
+	mypy
+	buf lint
+	buf format -d --exit-code
+	tools/check-breaking.sh $(BREAKING_AGAINST)
+	tools/check-gen.sh
+
+gen: venv
+	tools/gen.sh gen
+
+bench: venv
+	python bench/protocol.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

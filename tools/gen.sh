@@ -8,5 +8,6 @@ out=${1:-gen}
 rm -rf "$out/bastion"
 mkdir -p "$out"
 [ "$(basename "$out")" = gen ] || { echo "output folder must be named gen" >&2; exit 2; }
-buf generate -o "$(dirname "$out")"
+# protoc-gen-mypy announces every file it writes on stderr; keep only real messages.
+buf generate -o "$(dirname "$out")" 2> >(grep -v "^Writing mypy to" >&2)
 find "$out/bastion" -type d -exec touch {}/__init__.py \;

@@ -8,6 +8,11 @@ out=${1:-gen}
 rm -rf "$out/bastion"
 mkdir -p "$out"
 [ "$(basename "$out")" = gen ] || { echo "output folder must be named gen" >&2; exit 2; }
-# protoc-gen-mypy announces every file it writes on stderr; keep only real messages.
-buf generate -o "$(dirname "$out")" 2> >(grep -v "^Writing mypy to" >&2)
+# protoc-gen-mypy announces every file it writes on stderr: show that output only on failure.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! buf generate -o "$(dirname "$out")" 2>"$log"; then
+  cat "$log" >&2
+  exit 1
+fi
 find "$out/bastion" -type d -exec touch {}/__init__.py \;

@@ -21,6 +21,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "from_rpc_error",
     "from_status",
     "to_status",
@@ -85,6 +86,12 @@ class Unavailable(MrzapError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unimplemented(MrzapError):
+    """The service does not offer this operation (yet)."""
+
+    status_code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class DeadlineExceeded(MrzapError):
     """The operation did not finish in time."""
 
@@ -109,6 +116,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MrzapError]] = {
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,
+        Unimplemented,
         Internal,
     )
 }

@@ -326,6 +326,8 @@ def _parse_syn(raw: bytes) -> tuple[mrzap_pb2.Signed, mrzap_pb2.Syn]:
         syn = mrzap_pb2.Syn.FromString(envelope.payload)
     except DecodeError:
         raise VerificationError(Reason.MALFORMED, "SYN payload does not parse") from None
+    if syn.version == 0:
+        raise VerificationError(Reason.MALFORMED, "SYN lacks a protocol version")
     if syn.version != PROTOCOL_VERSION:
         raise VerificationError(
             Reason.UNSUPPORTED_VERSION, f"protocol version {syn.version} is not supported"

@@ -18,6 +18,7 @@ ERROR_CLASSES = [
     errors.ResourceExhausted,
     errors.Unavailable,
     errors.DeadlineExceeded,
+    errors.Unimplemented,
     errors.Internal,
 ]
 

@@ -285,7 +285,12 @@ async def test_grant_start_by_passed(world: World) -> None:
 @pytest.mark.asyncio
 async def test_grant_for_another_target(world: World) -> None:
     signed = world.signer.sign(world.grant(target_id="target-2"))
-    raw = world.resigned(lambda s: (s.grant.CopyFrom(signed), setattr(s, "target_id", TARGET)))
+
+    def carry_the_other_grant(syn: mrzap_pb2.Syn) -> None:
+        syn.grant.CopyFrom(signed)
+        syn.target_id = TARGET
+
+    raw = world.resigned(carry_the_other_grant)
     assert await world.reason(raw) is Reason.GRANT_WRONG_TARGET
 
 

@@ -1,0 +1,30 @@
+"""Opaque page tokens for list RPCs (AIP-158): a key-set cursor, base64url-encoded."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from .errors import InvalidArgument
+
+__all__ = ["decode_page_token", "encode_page_token"]
+
+
+def encode_page_token(cursor: tuple[str, str]) -> str:
+    """The token that continues after `cursor` (the sort key of a page's last item)."""
+    return base64.urlsafe_b64encode(json.dumps(list(cursor)).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[str, str] | None:
+    """The cursor in `token`, None for the first page; InvalidArgument if it is not ours."""
+    if not token:
+        return None
+    try:
+        cursor = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        raise InvalidArgument("the page token is not valid") from None
+    if not (
+        isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(c, str) for c in cursor)
+    ):
+        raise InvalidArgument("the page token is not valid")
+    return cursor[0], cursor[1]

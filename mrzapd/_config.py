@@ -1,0 +1,177 @@
+"""The `mrzapd` configuration file (TOML), validated into frozen dataclasses.
+
+Example (every key is optional except `[idp]` `issuer` and `client_id`):
+
+    [server]
+    listen = "127.0.0.1:8443"          # host:port the gRPC server binds
+    tls_hosts = ["127.0.0.1", "localhost"]  # names on the generated server certificate
+
+    [storage]
+    database = "sqlite:////var/lib/mrzap/mrzap.db"   # or postgresql://user@host/db
+
+    [org]
+    mfa_required = true
+    mfa_window = "12h"
+    max_session_age = "12h"
+
+    [idp]
+    issuer = "https://example.okta.com"
+    client_id = "0oa..."
+    client_secret = ""                  # only for IdPs that do not allow public clients
+    scopes = ["openid", "email", "profile", "offline_access"]
+    allowed_email_domains = ["example.com"]
+    hosted_domain = ""                  # Google Workspace `hd`
+    tenant_id = ""                      # Entra ID `tid`
+    groups_claim = "groups"
+
+    [admins]
+    emails = ["alice@example.com"]
+    groups = ["mrzap-admins"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from auth import AuthConfig, OrgControls
+from mrzap.config import IdpConfig
+from mrzap.errors import InvalidArgument
+from mrzap.storage import sqlite_url
+
+__all__ = ["ServerConfig", "ServiceConfig", "parse_duration"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object, name: str) -> float:
+    """Seconds from a number or a string like "90s", "15m", "12h", "7d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise InvalidArgument(f"{name} must be a positive duration like 90s, 15m or 12h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the gRPC server listens."""
+
+    host: str = "127.0.0.1"
+    """The address to bind."""
+
+    port: int = 8443
+    """The port to bind; 0 picks a free one."""
+
+    tls_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    """The names the generated server certificate is valid for."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgument(f"server port {self.port} is not within 0-65535")
+        if not self.tls_hosts:
+            raise InvalidArgument("server tls_hosts must name at least one host")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """Everything `mrzapd` reads from its configuration file."""
+
+    data_dir: Path
+    """Where keys, TLS material and the SQLite database live."""
+
+    server: ServerConfig
+    """The gRPC listener."""
+
+    database: str
+    """The database URL."""
+
+    auth: AuthConfig
+    """The identity provider, administrators and organisation controls."""
+
+    @classmethod
+    def from_toml(cls, path: Path, data_dir: Path) -> ServiceConfig:
+        """Read and validate a configuration file; errors name the file and the key."""
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InvalidArgument(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise InvalidArgument(f"{path}: {error}") from None
+        try:
+            return cls.from_dict(raw, data_dir)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"{path}: {error.message}") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], data_dir: Path) -> ServiceConfig:
+        """Validate configuration given as a dictionary (the parsed TOML)."""
+        known = {"server", "storage", "org", "idp", "admins"}
+        unknown = set(raw) - known
+        if unknown:
+            raise InvalidArgument(f"unknown sections {sorted(unknown)}; known: {sorted(known)}")
+        server = _table(raw, "server")
+        storage = _table(raw, "storage")
+        org = _table(raw, "org")
+        idp = _table(raw, "idp")
+        admins = _table(raw, "admins")
+        host, _, port = str(server.get("listen", "127.0.0.1:8443")).rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument("server.listen must be host:port")
+        for key in ("issuer", "client_id"):
+            if not isinstance(idp.get(key), str) or not idp[key]:
+                raise InvalidArgument(f"idp.{key} is required")
+        idp_config = IdpConfig(
+            issuer=idp["issuer"],
+            client_id=idp["client_id"],
+            allowed_email_domains=frozenset(_strings(idp, "allowed_email_domains", "idp")),
+            hosted_domain=idp.get("hosted_domain") or None,
+            tenant_id=idp.get("tenant_id") or None,
+            max_session_age_s=parse_duration(
+                org.get("max_session_age", "12h"), "org.max_session_age"
+            ),
+        )
+        auth = AuthConfig(
+            idp=idp_config,
+            scopes=tuple(
+                _strings(idp, "scopes", "idp") or ("openid", "email", "profile", "offline_access")
+            ),
+            client_secret=str(idp.get("client_secret", "")),
+            admin_emails=frozenset(_strings(admins, "emails", "admins")),
+            admin_groups=frozenset(_strings(admins, "groups", "admins")),
+            controls=OrgControls(
+                mfa_required=bool(org.get("mfa_required", True)),
+                mfa_window_s=parse_duration(org.get("mfa_window", "12h"), "org.mfa_window"),
+            ),
+            groups_claim=str(idp.get("groups_claim", "groups")),
+        )
+        return cls(
+            data_dir=data_dir,
+            server=ServerConfig(
+                host=host.strip("[]"),
+                port=int(port),
+                tls_hosts=tuple(_strings(server, "tls_hosts", "server"))
+                or ("127.0.0.1", "localhost"),
+            ),
+            database=str(storage.get("database") or sqlite_url(data_dir / "mrzap.db")),
+            auth=auth,
+        )
+
+
+def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"[{name}] must be a table")
+    return value
+
+
+def _strings(table: dict[str, Any], key: str, section: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"{section}.{key} must be a list of strings")
+    return value

@@ -5,7 +5,7 @@ PYTHON ?= python3
 BREAKING_AGAINST ?= main
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run test lint gen gen-check bench clean
+.PHONY: venv system-deps run test lint gen bench clean
 
 venv: $(VENV)/.installed
 
@@ -15,11 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
+system-deps:
+	tools/system-deps.sh
+
 run: venv
 	mrzapd up
 
 # pytest exits 5 when it collects nothing: that means the suite went missing, so say so and fail.
-test: venv
+test: venv system-deps
 	@pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the test suite is missing" >&2; fi; \
 	exit $$rc

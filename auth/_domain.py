@@ -20,7 +20,7 @@ from mrzap.login_proof import verify_login_proof
 from mrzap.paging import decode_page_token, encode_page_token
 from mrzap.pktoken import PkTokenVerifier, VerifiedIdentity
 from mrzap.replay import ReplayCache
-from mrzap.verification import VerificationError
+from mrzap.verification import Reason, VerificationError
 
 from . import _mfa
 from ._config import AuthConfig
@@ -117,13 +117,19 @@ class AuthService:
         )
         return LoginResult(token, await self._info(session, user))
 
-    async def authenticate(self, token: str, *, allow_mfa_pending: bool = False) -> SessionInfo:
-        """The live session of a bearer token; Unauthenticated if there is none."""
+    async def authenticate(
+        self, token: str, *, allow_mfa_pending: bool = False, allow_expired: bool = False
+    ) -> SessionInfo:
+        """The live session of a bearer token; Unauthenticated if there is none.
+
+        `allow_expired` is for refreshing: an expired (never a revoked) session may be extended
+        by a refreshed ID token and the session key's proof, up to the maximum session age.
+        """
         session = await self._store.session_by_token(hash_token(token))
         now = self._clock.now()
         if session is None or session.revoked_at is not None:
             raise Unauthenticated("not logged in: run `zli login`")
-        if now >= session.expires_at:
+        if now >= session.expires_at and not allow_expired:
             raise Unauthenticated("the session has expired: run `zli login`")
         user = await self._store.get_user(session.user_id)
         if user is None:
@@ -213,6 +219,10 @@ class AuthService:
         try:
             identity = await self._tokens.verify(pk_token)
         except VerificationError as error:
+            if error.reason is Reason.TOKEN_SESSION_TOO_OLD:
+                raise Unauthenticated(
+                    "the session has reached the organisation's maximum age: run `zli login`"
+                ) from None
             raise Unauthenticated(f"the identity provider's token was refused: {error}") from None
         now = self._clock.now()
         if abs(now - timestamp_ms / 1000) > PROOF_WINDOW_S:

@@ -30,6 +30,9 @@ class Access(enum.Enum):
     LOGIN = "login"
     """A session that may still need MFA: MFA enrolment and verification, logout, whoami."""
 
+    REFRESH = "refresh"
+    """A session that may have expired (not been revoked): refreshing it."""
+
     USER = "user"
     """A session that has passed MFA."""
 
@@ -70,7 +73,11 @@ class SessionInterceptor(GuardInterceptor):
         token = bearer_token(context)
         if not token:
             raise Unauthenticated("not logged in: run `zli login`")
-        info = await self._auth.authenticate(token, allow_mfa_pending=access is Access.LOGIN)
+        info = await self._auth.authenticate(
+            token,
+            allow_mfa_pending=access in (Access.LOGIN, Access.REFRESH),
+            allow_expired=access is Access.REFRESH,
+        )
         if access is Access.ADMIN and not info.is_admin:
             raise PermissionDenied("only administrators may do this")
         _session.set(info)

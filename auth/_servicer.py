@@ -26,7 +26,7 @@ ACCESS: dict[str, Access] = {
     _SERVICE + "Login": Access.PUBLIC,
     _SERVICE + "EnrollMfa": Access.LOGIN,
     _SERVICE + "VerifyMfa": Access.LOGIN,
-    _SERVICE + "RefreshSession": Access.LOGIN,
+    _SERVICE + "RefreshSession": Access.REFRESH,
     _SERVICE + "Logout": Access.LOGIN,
     _SERVICE + "WhoAmI": Access.LOGIN,
     _SERVICE + "ListUsers": Access.ADMIN,

@@ -98,9 +98,10 @@ class ChildProcess:
         self.process.stdin.flush()
 
     def wait(self, timeout_s: float = 20.0) -> int:
-        """The exit code, once the child has exited."""
+        """The exit code, once the child has exited (its pipes are closed then)."""
         code = self.process.wait(timeout_s)
         self._reader.join(timeout_s)
+        self._close_pipes()
         return code
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
@@ -115,7 +116,11 @@ class ChildProcess:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout_s)
         self._reader.join(timeout_s)
+        self._close_pipes()
+        return self.process.returncode
+
+    def _close_pipes(self) -> None:
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
-                stream.close()
-        return self.process.returncode
+                with contextlib.suppress(OSError):  # a child that is gone may leave a broken pipe
+                    stream.close()

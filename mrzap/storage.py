@@ -9,6 +9,7 @@ brings the chosen roles' tables up to date at start-up (DESIGN.md section 5).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class Database:
         self._url = parsed
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.engine: AsyncEngine = create_async_engine(_with_driver(parsed, _ASYNC_DRIVERS))
+        if self.is_sqlite and parsed.database not in (None, "", ":memory:"):
+            _create_private_file(Path(parsed.database))
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -91,6 +94,14 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _create_private_file(path: Path) -> None:
+    # The database holds MFA secrets and session keys: create it 0600 (SQLite gives its WAL and
+    # shared-memory files the database file's mode) in a directory only the service can enter.
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:  # noqa: ANN401 - DB-API objects

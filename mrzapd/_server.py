@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+from collections.abc import Callable
 
 import grpc.aio
 
@@ -45,6 +46,7 @@ class RunningServer:
 
 async def start_server(config: ServiceConfig) -> RunningServer:
     """Migrate the database, wire the roles and start listening (TLS only)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls = ensure_server_tls(config.data_dir / "tls", config.server.tls_hosts)
     database = Database(config.database)
     # Alembic runs synchronously; keep it off the event loop.
@@ -64,10 +66,14 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     return RunningServer(server, port, tls, database)
 
 
-async def serve_until_stopped(config: ServiceConfig) -> None:
+async def serve_until_stopped(
+    config: ServiceConfig, on_ready: Callable[[RunningServer], None] | None = None
+) -> None:
     """Run the server until SIGINT or SIGTERM, then stop it cleanly."""
     running = await start_server(config)
     print(READY_LINE.format(host=config.server.host, port=running.port), flush=True)
+    if on_ready is not None:
+        on_ready(running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -58,7 +58,8 @@ def _fetch_json(request: urllib.request.Request | str, what: str) -> dict[str, A
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:  # noqa: S310
             body = response.read()
     except urllib.error.HTTPError as error:
-        detail = _oauth_error(error.read())
+        with error:
+            detail = _oauth_error(error.read())
         raise Unauthenticated(f"the identity provider refused the {what}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)

@@ -223,8 +223,14 @@ async def test_refresh_extends_until_the_maximum_age(org: Org) -> None:
     assert refreshed.session.expires_at == pytest.approx(org.clock.now() + 600)
     org.clock.advance(400)  # past the first token's expiry
     assert (await org.auth.authenticate(result.token)).session.id == info.session.id
-    org.clock.advance(2701)  # past the maximum session age of one hour
-    with pytest.raises(Unauthenticated, match=r"maximum session age|SESSION_TOO_OLD"):
+    org.clock.advance(1000)  # past the refreshed token's expiry too: only refreshing works
+    with pytest.raises(Unauthenticated, match="expired"):
+        await org.auth.authenticate(result.token)
+    assert await org.auth.authenticate(result.token, allow_expired=True)
+    await refresh()
+    assert (await org.auth.authenticate(result.token)).session.id == info.session.id
+    org.clock.advance(1701)  # past the maximum session age of one hour
+    with pytest.raises(Unauthenticated, match="maximum age"):
         await refresh()
 
 
@@ -296,6 +302,8 @@ async def test_logout_ends_the_session(org: Org) -> None:
     await org.auth.logout(info)
     with pytest.raises(Unauthenticated, match="not logged in"):
         await org.auth.authenticate(token)
+    with pytest.raises(Unauthenticated, match="not logged in"):  # not even to refresh it
+        await org.auth.authenticate(token, allow_expired=True)
 
 
 @pytest.mark.asyncio

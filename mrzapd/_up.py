@@ -1,0 +1,115 @@
+"""`mrzapd up`: the embedded default on one machine.
+
+It keeps everything in one data directory: a development IdP configuration with two demo users
+(passwords generated on first run and kept in a 0600 file), the service configuration, TLS
+material and the SQLite database. The IdP runs as a child process, the service roles in this one;
+Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from pathlib import Path
+
+from idp import hash_password
+from mrzap.keys import write_secret_file
+from mrzap.process import ChildProcess
+
+from ._config import ServiceConfig
+from ._server import RunningServer, serve_until_stopped
+
+__all__ = ["run_up"]
+
+_DEMO_USERS = (
+    ("alice", "alice@example.com", "Alice Admin", ["mrzap-admins"]),
+    ("bob", "bob@example.com", "Bob User", ["developers"]),
+)
+
+
+def _demo_passwords(idp_dir: Path, idp_port: int) -> dict[str, str]:
+    """The demo users' passwords; writes the IdP configuration with their hashes on first run."""
+    passwords_file = idp_dir / "demo-passwords"
+    config_file = idp_dir / "idp.toml"
+    if passwords_file.exists() and config_file.exists():
+        lines = passwords_file.read_text().splitlines()
+        return dict(line.split(" ", 1) for line in lines if line)
+    passwords = {user: secrets.token_urlsafe(12) for user, *_ in _DEMO_USERS}
+    users = "".join(
+        f'\n[[users]]\nusername = "{user}"\npassword_hash = "{hash_password(passwords[user])}"\n'
+        f'email = "{email}"\nemail_verified = true\nname = "{name}"\ngroups = {groups!r}\n'
+        for user, email, name, groups in _DEMO_USERS
+    )
+    write_secret_file(
+        config_file,
+        (
+            "# The development IdP of `mrzapd up`. Never use it in production.\n"
+            f'[server]\nhost = "127.0.0.1"\nport = {idp_port}\ndata_dir = "keys"\n\n'
+            '[[clients]]\nclient_id = "zli"\nredirect_uris = ["http://127.0.0.1/callback"]\n'
+            + users
+        ).encode(),
+    )
+    write_secret_file(passwords_file, "".join(f"{u} {p}\n" for u, p in passwords.items()).encode())
+    return passwords
+
+
+def _service_config(data_dir: Path, port: int, idp_port: int) -> Path:
+    path = data_dir / "mrzapd.toml"
+    if not path.exists():
+        path.write_text(
+            "# The service configuration of `mrzapd up`; see the README for every key.\n"
+            f'[server]\nlisten = "127.0.0.1:{port}"\n\n'
+            f'[idp]\nissuer = "http://127.0.0.1:{idp_port}"\nclient_id = "zli"\n\n'
+            '[admins]\ngroups = ["mrzap-admins"]\n'
+        )
+    return path
+
+
+def _banner(running: RunningServer, passwords: dict[str, str], issuer: str) -> str:
+    users = "\n".join(
+        f"      {user:<6} password {password}" for user, password in passwords.items()
+    )
+    return f"""
+mrzap is up.
+  service       127.0.0.1:{running.port} (TLS; CA certificate {running.tls.ca_cert})
+  dev IdP       {issuer}
+  demo users (alice is an administrator):
+{users}
+
+Log in (a browser opens; add --no-browser to get the URL instead):
+  .venv/bin/zli login --server 127.0.0.1:{running.port} --ca-file {running.tls.ca_cert}
+  .venv/bin/zli whoami
+
+Press Ctrl-C to stop everything.
+"""
+
+
+def run_up(data_dir: Path, port: int, idp_port: int) -> None:
+    """Start the development IdP and the service; run until interrupted."""
+    data_dir = data_dir.resolve()
+    idp_dir = data_dir / "idp"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    idp_dir.mkdir(exist_ok=True, mode=0o700)
+    passwords = _demo_passwords(idp_dir, idp_port)
+    config = ServiceConfig.from_toml(_service_config(data_dir, port, idp_port), data_dir)
+    idp = ChildProcess(
+        [
+            sys.executable,
+            "-m",
+            "idp",
+            "--config",
+            str(idp_dir / "idp.toml"),
+            "--port",
+            str(idp_port),
+        ]
+    )
+    try:
+        issuer = idp.wait_for(r"listening on (http://\S+)").group(1)
+        asyncio.run(
+            serve_until_stopped(
+                config, lambda running: print(_banner(running, passwords, issuer), flush=True)
+            )
+        )
+    finally:
+        idp.stop()

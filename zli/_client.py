@@ -100,7 +100,7 @@ class ServiceClient:
         self.state = dataclasses.replace(
             state,
             refreshed_id_token=tokens.id_token,
-            refresh_token=tokens.refresh_token,
+            refresh_token=tokens.refresh_token or state.refresh_token,  # not every IdP rotates it
             session_expires_at=response.session.expire_time.ToSeconds(),
         )
         self.state_dir.save(self.state)

@@ -24,60 +24,63 @@ _sym_db = _symbol_database.Default()
 
 from bastion.mrzap.v1 import mrzap_pb2 as bastion_dot_mrzap_dot_v1_dot_mrzap__pb2
 from bastion.policy.v1 import policy_service_pb2 as bastion_dot_policy_dot_v1_dot_policy__service__pb2
+from bastion.registry.v1 import registry_service_pb2 as bastion_dot_registry_dot_v1_dot_registry__service__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bastion/audit/v1/audit_service.proto\x12\x10\x62\x61stion.audit.v1\x1a\x1c\x62\x61stion/mrzap/v1/mrzap.proto\x1a&bastion/policy/v1/policy_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x05\x41\x63tor\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x33\n\x07subject\x18\x02 \x01(\x0b\x32\x19.bastion.mrzap.v1.SubjectR\x07subject\x12\x1c\n\napi_key_id\x18\x03 \x01(\tR\x08\x61piKeyId\x12\x1b\n\ttarget_id\x18\x04 \x01(\tR\x08targetId\x12\x18\n\x07\x61\x64\x64ress\x18\x05 \x01(\tR\x07\x61\x64\x64ress\"\x97\x03\n\x11\x43onnectionDetails\x12\x39\n\x04type\x18\x01 \x01(\x0e\x32%.bastion.audit.v1.ConnectionEventTypeR\x04type\x12#\n\rconnection_id\x18\x02 \x01(\tR\x0c\x63onnectionId\x12\x1d\n\nchannel_id\x18\x03 \x01(\tR\tchannelId\x12\x1b\n\ttarget_id\x18\x04 \x01(\tR\x08targetId\x12*\n\x04verb\x18\x05 \x01(\x0e\x32\x16.bastion.mrzap.v1.VerbR\x04verb\x12\x1f\n\x0btarget_user\x18\x06 \x01(\tR\ntargetUser\x12?\n\x0b\x64\x65stination\x18\x07 \x01(\x0b\x32\x1d.bastion.mrzap.v1.DestinationR\x0b\x64\x65stination\x12\x19\n\x08grant_id\x18\x08 \x01(\tR\x07grantId\x12=\n\x0breject_code\x18\t \x01(\x0e\x32\x1c.bastion.mrzap.v1.ReasonCodeR\nrejectCode\"\xaa\x01\n\x15PolicyDecisionDetails\x12\x1f\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\tR\ndecisionId\x12\x36\n\x05input\x18\x02 \x01(\x0b\x32 .bastion.policy.v1.DecisionInputR\x05input\x12\x1d\n\npolicy_ids\x18\x03 \x03(\tR\tpolicyIds\x12\x19\n\x08grant_id\x18\x04 \x01(\tR\x07grantId\"\xaa\x01\n\x0e\x43ommandDetails\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12\x1f\n\x0btarget_user\x18\x03 \x01(\tR\ntargetUser\x12\x18\n\x07\x63ommand\x18\x04 \x01(\tR\x07\x63ommand\x12\x1b\n\tchunk_seq\x18\x05 \x01(\x04R\x08\x63hunkSeq\"j\n\x0e\x41piCallDetails\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12\x1f\n\x0bstatus_code\x18\x02 \x01(\x05R\nstatusCode\x12\x1f\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\tR\ndecisionId\"\xc6\x04\n\nAuditEvent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12/\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.bastion.audit.v1.EventKindR\x04kind\x12\x38\n\x07outcome\x18\x04 \x01(\x0e\x32\x1e.bastion.audit.v1.EventOutcomeR\x07outcome\x12;\n\x07reasons\x18\x05 \x03(\x0b\x32!.bastion.policy.v1.DecisionReasonR\x07reasons\x12-\n\x05\x61\x63tor\x18\x06 \x01(\x0b\x32\x17.bastion.audit.v1.ActorR\x05\x61\x63tor\x12\x45\n\nconnection\x18\n \x01(\x0b\x32#.bastion.audit.v1.ConnectionDetailsH\x00R\nconnection\x12R\n\x0fpolicy_decision\x18\x0b \x01(\x0b\x32\'.bastion.audit.v1.PolicyDecisionDetailsH\x00R\x0epolicyDecision\x12<\n\x07\x63ommand\x18\x0c \x01(\x0b\x32 .bastion.audit.v1.CommandDetailsH\x00R\x07\x63ommand\x12=\n\x08\x61pi_call\x18\r \x01(\x0b\x32 .bastion.audit.v1.ApiCallDetailsH\x00R\x07\x61piCallB\t\n\x07\x64\x65tails\"\xdd\x02\n\x0b\x45ventFilter\x12\x31\n\x05kinds\x18\x01 \x03(\x0e\x32\x1b.bastion.audit.v1.EventKindR\x05kinds\x12:\n\x08outcomes\x18\x02 \x03(\x0e\x32\x1e.bastion.audit.v1.EventOutcomeR\x08outcomes\x12\x39\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x17\n\x07user_id\x18\x05 \x01(\tR\x06userId\x12\x1b\n\ttarget_id\x18\x06 \x01(\tR\x08targetId\x12#\n\rconnection_id\x18\x07 \x01(\tR\x0c\x63onnectionId\x12\x12\n\x04text\x18\x08 \x01(\tR\x04text\"\xd8\x03\n\tRecording\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x33\n\x07subject\x18\x04 \x01(\x0b\x32\x19.bastion.mrzap.v1.SubjectR\x07subject\x12\x1f\n\x0btarget_user\x18\x05 \x01(\tR\ntargetUser\x12%\n\x0einput_recorded\x18\x06 \x01(\x08R\rinputRecorded\x12\x36\n\x05state\x18\x07 \x01(\x0e\x32 .bastion.audit.v1.RecordingStateR\x05state\x12\x39\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1f\n\x0b\x63hunk_count\x18\n \x01(\x04R\nchunkCount\x12(\n\x10\x61gent_public_key\x18\x0b \x01(\x0cR\x0e\x61gentPublicKey\"\x86\x01\n\x11ListEventsRequest\x12\x35\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.bastion.audit.v1.EventFilterR\x06\x66ilter\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"r\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.bastion.audit.v1.AuditEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"L\n\x13\x45xportEventsRequest\x12\x35\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.bastion.audit.v1.EventFilterR\x06\x66ilter\"U\n\x14\x45xportEventsResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.bastion.audit.v1.AuditEventH\x00R\x05\x65ventB\x07\n\x05\x66rame\"\xc3\x01\n\x15ListRecordingsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1b\n\ttarget_id\x18\x03 \x01(\tR\x08targetId\x12\x17\n\x07user_id\x18\x04 \x01(\tR\x06userId\x12\x38\n\x06states\x18\x05 \x03(\x0e\x32 .bastion.audit.v1.RecordingStateR\x06states\"}\n\x16ListRecordingsResponse\x12;\n\nrecordings\x18\x01 \x03(\x0b\x32\x1b.bastion.audit.v1.RecordingR\nrecordings\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n\x1aListRecordingChunksRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"\x98\x01\n\x1bListRecordingChunksResponse\x12\x39\n\trecording\x18\x01 \x01(\x0b\x32\x1b.bastion.audit.v1.RecordingR\trecording\x12\x16\n\x06\x63hunks\x18\x02 \x03(\x0cR\x06\x63hunks\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"Y\n\x15WatchRecordingRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\tstart_seq\x18\x02 \x01(\x04R\x08startSeq\"v\n\x16WatchRecordingResponse\x12;\n\trecording\x18\x01 \x01(\x0b\x32\x1b.bastion.audit.v1.RecordingH\x00R\trecording\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\x07\n\x05\x66rame*\x93\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_KIND_CONNECTION\x10\x01\x12\x1e\n\x1a\x45VENT_KIND_POLICY_DECISION\x10\x02\x12\x16\n\x12\x45VENT_KIND_COMMAND\x10\x03\x12\x17\n\x13\x45VENT_KIND_API_CALL\x10\x04*b\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x45VENT_OUTCOME_DENIED\x10\x02*\xec\x01\n\x13\x43onnectionEventType\x12%\n!CONNECTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONNECTION_EVENT_TYPE_OPENED\x10\x01\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_ATTACHED\x10\x02\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_DETACHED\x10\x03\x12 \n\x1c\x43ONNECTION_EVENT_TYPE_CLOSED\x10\x04\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_REJECTED\x10\x05*\x89\x01\n\x0eRecordingState\x12\x1f\n\x1bRECORDING_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORDING_STATE_LIVE\x10\x01\x12\x1c\n\x18RECORDING_STATE_COMPLETE\x10\x02\x12\x1e\n\x1aRECORDING_STATE_INCOMPLETE\x10\x03\x32\x88\x04\n\x0c\x41uditService\x12W\n\nListEvents\x12#.bastion.audit.v1.ListEventsRequest\x1a$.bastion.audit.v1.ListEventsResponse\x12_\n\x0c\x45xportEvents\x12%.bastion.audit.v1.ExportEventsRequest\x1a&.bastion.audit.v1.ExportEventsResponse0\x01\x12\x63\n\x0eListRecordings\x12\'.bastion.audit.v1.ListRecordingsRequest\x1a(.bastion.audit.v1.ListRecordingsResponse\x12r\n\x13ListRecordingChunks\x12,.bastion.audit.v1.ListRecordingChunksRequest\x1a-.bastion.audit.v1.ListRecordingChunksResponse\x12\x65\n\x0eWatchRecording\x12\'.bastion.audit.v1.WatchRecordingRequest\x1a(.bastion.audit.v1.WatchRecordingResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bastion/audit/v1/audit_service.proto\x12\x10\x62\x61stion.audit.v1\x1a\x1c\x62\x61stion/mrzap/v1/mrzap.proto\x1a&bastion/policy/v1/policy_service.proto\x1a*bastion/registry/v1/registry_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x05\x41\x63tor\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x33\n\x07subject\x18\x02 \x01(\x0b\x32\x19.bastion.mrzap.v1.SubjectR\x07subject\x12\x1c\n\napi_key_id\x18\x03 \x01(\tR\x08\x61piKeyId\x12\x1b\n\ttarget_id\x18\x04 \x01(\tR\x08targetId\x12\x18\n\x07\x61\x64\x64ress\x18\x05 \x01(\tR\x07\x61\x64\x64ress\"\x97\x03\n\x11\x43onnectionDetails\x12\x39\n\x04type\x18\x01 \x01(\x0e\x32%.bastion.audit.v1.ConnectionEventTypeR\x04type\x12#\n\rconnection_id\x18\x02 \x01(\tR\x0c\x63onnectionId\x12\x1d\n\nchannel_id\x18\x03 \x01(\tR\tchannelId\x12\x1b\n\ttarget_id\x18\x04 \x01(\tR\x08targetId\x12*\n\x04verb\x18\x05 \x01(\x0e\x32\x16.bastion.mrzap.v1.VerbR\x04verb\x12\x1f\n\x0btarget_user\x18\x06 \x01(\tR\ntargetUser\x12?\n\x0b\x64\x65stination\x18\x07 \x01(\x0b\x32\x1d.bastion.mrzap.v1.DestinationR\x0b\x64\x65stination\x12\x19\n\x08grant_id\x18\x08 \x01(\tR\x07grantId\x12=\n\x0breject_code\x18\t \x01(\x0e\x32\x1c.bastion.mrzap.v1.ReasonCodeR\nrejectCode\"\xaa\x01\n\x15PolicyDecisionDetails\x12\x1f\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\tR\ndecisionId\x12\x36\n\x05input\x18\x02 \x01(\x0b\x32 .bastion.policy.v1.DecisionInputR\x05input\x12\x1d\n\npolicy_ids\x18\x03 \x03(\tR\tpolicyIds\x12\x19\n\x08grant_id\x18\x04 \x01(\tR\x07grantId\"\xaa\x01\n\x0e\x43ommandDetails\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12\x1f\n\x0btarget_user\x18\x03 \x01(\tR\ntargetUser\x12\x18\n\x07\x63ommand\x18\x04 \x01(\tR\x07\x63ommand\x12\x1b\n\tchunk_seq\x18\x05 \x01(\x04R\x08\x63hunkSeq\"~\n\rTargetDetails\x12\x1b\n\ttarget_id\x18\x01 \x01(\tR\x08targetId\x12\x36\n\x05state\x18\x02 \x01(\x0e\x32 .bastion.registry.v1.TargetStateR\x05state\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"j\n\x0e\x41piCallDetails\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12\x1f\n\x0bstatus_code\x18\x02 \x01(\x05R\nstatusCode\x12\x1f\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\tR\ndecisionId\"\x81\x05\n\nAuditEvent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12/\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.bastion.audit.v1.EventKindR\x04kind\x12\x38\n\x07outcome\x18\x04 \x01(\x0e\x32\x1e.bastion.audit.v1.EventOutcomeR\x07outcome\x12;\n\x07reasons\x18\x05 \x03(\x0b\x32!.bastion.policy.v1.DecisionReasonR\x07reasons\x12-\n\x05\x61\x63tor\x18\x06 \x01(\x0b\x32\x17.bastion.audit.v1.ActorR\x05\x61\x63tor\x12\x45\n\nconnection\x18\n \x01(\x0b\x32#.bastion.audit.v1.ConnectionDetailsH\x00R\nconnection\x12R\n\x0fpolicy_decision\x18\x0b \x01(\x0b\x32\'.bastion.audit.v1.PolicyDecisionDetailsH\x00R\x0epolicyDecision\x12<\n\x07\x63ommand\x18\x0c \x01(\x0b\x32 .bastion.audit.v1.CommandDetailsH\x00R\x07\x63ommand\x12=\n\x08\x61pi_call\x18\r \x01(\x0b\x32 .bastion.audit.v1.ApiCallDetailsH\x00R\x07\x61piCall\x12\x39\n\x06target\x18\x0e \x01(\x0b\x32\x1f.bastion.audit.v1.TargetDetailsH\x00R\x06targetB\t\n\x07\x64\x65tails\"\xdd\x02\n\x0b\x45ventFilter\x12\x31\n\x05kinds\x18\x01 \x03(\x0e\x32\x1b.bastion.audit.v1.EventKindR\x05kinds\x12:\n\x08outcomes\x18\x02 \x03(\x0e\x32\x1e.bastion.audit.v1.EventOutcomeR\x08outcomes\x12\x39\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x17\n\x07user_id\x18\x05 \x01(\tR\x06userId\x12\x1b\n\ttarget_id\x18\x06 \x01(\tR\x08targetId\x12#\n\rconnection_id\x18\x07 \x01(\tR\x0c\x63onnectionId\x12\x12\n\x04text\x18\x08 \x01(\tR\x04text\"\xd8\x03\n\tRecording\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x33\n\x07subject\x18\x04 \x01(\x0b\x32\x19.bastion.mrzap.v1.SubjectR\x07subject\x12\x1f\n\x0btarget_user\x18\x05 \x01(\tR\ntargetUser\x12%\n\x0einput_recorded\x18\x06 \x01(\x08R\rinputRecorded\x12\x36\n\x05state\x18\x07 \x01(\x0e\x32 .bastion.audit.v1.RecordingStateR\x05state\x12\x39\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1f\n\x0b\x63hunk_count\x18\n \x01(\x04R\nchunkCount\x12(\n\x10\x61gent_public_key\x18\x0b \x01(\x0cR\x0e\x61gentPublicKey\"\x86\x01\n\x11ListEventsRequest\x12\x35\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.bastion.audit.v1.EventFilterR\x06\x66ilter\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"r\n\x12ListEventsResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.bastion.audit.v1.AuditEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"L\n\x13\x45xportEventsRequest\x12\x35\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.bastion.audit.v1.EventFilterR\x06\x66ilter\"U\n\x14\x45xportEventsResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.bastion.audit.v1.AuditEventH\x00R\x05\x65ventB\x07\n\x05\x66rame\"\xc3\x01\n\x15ListRecordingsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1b\n\ttarget_id\x18\x03 \x01(\tR\x08targetId\x12\x17\n\x07user_id\x18\x04 \x01(\tR\x06userId\x12\x38\n\x06states\x18\x05 \x03(\x0e\x32 .bastion.audit.v1.RecordingStateR\x06states\"}\n\x16ListRecordingsResponse\x12;\n\nrecordings\x18\x01 \x03(\x0b\x32\x1b.bastion.audit.v1.RecordingR\nrecordings\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n\x1aListRecordingChunksRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"\x98\x01\n\x1bListRecordingChunksResponse\x12\x39\n\trecording\x18\x01 \x01(\x0b\x32\x1b.bastion.audit.v1.RecordingR\trecording\x12\x16\n\x06\x63hunks\x18\x02 \x03(\x0cR\x06\x63hunks\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"Y\n\x15WatchRecordingRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\x12\x1b\n\tstart_seq\x18\x02 \x01(\x04R\x08startSeq\"v\n\x16WatchRecordingResponse\x12;\n\trecording\x18\x01 \x01(\x0b\x32\x1b.bastion.audit.v1.RecordingH\x00R\trecording\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\x07\n\x05\x66rame*\xaa\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_KIND_CONNECTION\x10\x01\x12\x1e\n\x1a\x45VENT_KIND_POLICY_DECISION\x10\x02\x12\x16\n\x12\x45VENT_KIND_COMMAND\x10\x03\x12\x17\n\x13\x45VENT_KIND_API_CALL\x10\x04\x12\x15\n\x11\x45VENT_KIND_TARGET\x10\x05*b\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x45VENT_OUTCOME_DENIED\x10\x02*\xec\x01\n\x13\x43onnectionEventType\x12%\n!CONNECTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONNECTION_EVENT_TYPE_OPENED\x10\x01\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_ATTACHED\x10\x02\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_DETACHED\x10\x03\x12 \n\x1c\x43ONNECTION_EVENT_TYPE_CLOSED\x10\x04\x12\"\n\x1e\x43ONNECTION_EVENT_TYPE_REJECTED\x10\x05*\x89\x01\n\x0eRecordingState\x12\x1f\n\x1bRECORDING_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORDING_STATE_LIVE\x10\x01\x12\x1c\n\x18RECORDING_STATE_COMPLETE\x10\x02\x12\x1e\n\x1aRECORDING_STATE_INCOMPLETE\x10\x03\x32\x88\x04\n\x0c\x41uditService\x12W\n\nListEvents\x12#.bastion.audit.v1.ListEventsRequest\x1a$.bastion.audit.v1.ListEventsResponse\x12_\n\x0c\x45xportEvents\x12%.bastion.audit.v1.ExportEventsRequest\x1a&.bastion.audit.v1.ExportEventsResponse0\x01\x12\x63\n\x0eListRecordings\x12\'.bastion.audit.v1.ListRecordingsRequest\x1a(.bastion.audit.v1.ListRecordingsResponse\x12r\n\x13ListRecordingChunks\x12,.bastion.audit.v1.ListRecordingChunksRequest\x1a-.bastion.audit.v1.ListRecordingChunksResponse\x12\x65\n\x0eWatchRecording\x12\'.bastion.audit.v1.WatchRecordingRequest\x1a(.bastion.audit.v1.WatchRecordingResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bastion.audit.v1.audit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=3847
-  _globals['_EVENTKIND']._serialized_end=3994
-  _globals['_EVENTOUTCOME']._serialized_start=3996
-  _globals['_EVENTOUTCOME']._serialized_end=4094
-  _globals['_CONNECTIONEVENTTYPE']._serialized_start=4097
-  _globals['_CONNECTIONEVENTTYPE']._serialized_end=4333
-  _globals['_RECORDINGSTATE']._serialized_start=4336
-  _globals['_RECORDINGSTATE']._serialized_end=4473
-  _globals['_ACTOR']._serialized_start=162
-  _globals['_ACTOR']._serialized_end=332
-  _globals['_CONNECTIONDETAILS']._serialized_start=335
-  _globals['_CONNECTIONDETAILS']._serialized_end=742
-  _globals['_POLICYDECISIONDETAILS']._serialized_start=745
-  _globals['_POLICYDECISIONDETAILS']._serialized_end=915
-  _globals['_COMMANDDETAILS']._serialized_start=918
-  _globals['_COMMANDDETAILS']._serialized_end=1088
-  _globals['_APICALLDETAILS']._serialized_start=1090
-  _globals['_APICALLDETAILS']._serialized_end=1196
-  _globals['_AUDITEVENT']._serialized_start=1199
-  _globals['_AUDITEVENT']._serialized_end=1781
-  _globals['_EVENTFILTER']._serialized_start=1784
-  _globals['_EVENTFILTER']._serialized_end=2133
-  _globals['_RECORDING']._serialized_start=2136
-  _globals['_RECORDING']._serialized_end=2608
-  _globals['_LISTEVENTSREQUEST']._serialized_start=2611
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2745
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2747
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2861
-  _globals['_EXPORTEVENTSREQUEST']._serialized_start=2863
-  _globals['_EXPORTEVENTSREQUEST']._serialized_end=2939
-  _globals['_EXPORTEVENTSRESPONSE']._serialized_start=2941
-  _globals['_EXPORTEVENTSRESPONSE']._serialized_end=3026
-  _globals['_LISTRECORDINGSREQUEST']._serialized_start=3029
-  _globals['_LISTRECORDINGSREQUEST']._serialized_end=3224
-  _globals['_LISTRECORDINGSRESPONSE']._serialized_start=3226
-  _globals['_LISTRECORDINGSRESPONSE']._serialized_end=3351
-  _globals['_LISTRECORDINGCHUNKSREQUEST']._serialized_start=3353
-  _globals['_LISTRECORDINGCHUNKSREQUEST']._serialized_end=3478
-  _globals['_LISTRECORDINGCHUNKSRESPONSE']._serialized_start=3481
-  _globals['_LISTRECORDINGCHUNKSRESPONSE']._serialized_end=3633
-  _globals['_WATCHRECORDINGREQUEST']._serialized_start=3635
-  _globals['_WATCHRECORDINGREQUEST']._serialized_end=3724
-  _globals['_WATCHRECORDINGRESPONSE']._serialized_start=3726
-  _globals['_WATCHRECORDINGRESPONSE']._serialized_end=3844
-  _globals['_AUDITSERVICE']._serialized_start=4476
-  _globals['_AUDITSERVICE']._serialized_end=4996
+  _globals['_EVENTKIND']._serialized_start=4078
+  _globals['_EVENTKIND']._serialized_end=4248
+  _globals['_EVENTOUTCOME']._serialized_start=4250
+  _globals['_EVENTOUTCOME']._serialized_end=4348
+  _globals['_CONNECTIONEVENTTYPE']._serialized_start=4351
+  _globals['_CONNECTIONEVENTTYPE']._serialized_end=4587
+  _globals['_RECORDINGSTATE']._serialized_start=4590
+  _globals['_RECORDINGSTATE']._serialized_end=4727
+  _globals['_ACTOR']._serialized_start=206
+  _globals['_ACTOR']._serialized_end=376
+  _globals['_CONNECTIONDETAILS']._serialized_start=379
+  _globals['_CONNECTIONDETAILS']._serialized_end=786
+  _globals['_POLICYDECISIONDETAILS']._serialized_start=789
+  _globals['_POLICYDECISIONDETAILS']._serialized_end=959
+  _globals['_COMMANDDETAILS']._serialized_start=962
+  _globals['_COMMANDDETAILS']._serialized_end=1132
+  _globals['_TARGETDETAILS']._serialized_start=1134
+  _globals['_TARGETDETAILS']._serialized_end=1260
+  _globals['_APICALLDETAILS']._serialized_start=1262
+  _globals['_APICALLDETAILS']._serialized_end=1368
+  _globals['_AUDITEVENT']._serialized_start=1371
+  _globals['_AUDITEVENT']._serialized_end=2012
+  _globals['_EVENTFILTER']._serialized_start=2015
+  _globals['_EVENTFILTER']._serialized_end=2364
+  _globals['_RECORDING']._serialized_start=2367
+  _globals['_RECORDING']._serialized_end=2839
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2842
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2976
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2978
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=3092
+  _globals['_EXPORTEVENTSREQUEST']._serialized_start=3094
+  _globals['_EXPORTEVENTSREQUEST']._serialized_end=3170
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_start=3172
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_end=3257
+  _globals['_LISTRECORDINGSREQUEST']._serialized_start=3260
+  _globals['_LISTRECORDINGSREQUEST']._serialized_end=3455
+  _globals['_LISTRECORDINGSRESPONSE']._serialized_start=3457
+  _globals['_LISTRECORDINGSRESPONSE']._serialized_end=3582
+  _globals['_LISTRECORDINGCHUNKSREQUEST']._serialized_start=3584
+  _globals['_LISTRECORDINGCHUNKSREQUEST']._serialized_end=3709
+  _globals['_LISTRECORDINGCHUNKSRESPONSE']._serialized_start=3712
+  _globals['_LISTRECORDINGCHUNKSRESPONSE']._serialized_end=3864
+  _globals['_WATCHRECORDINGREQUEST']._serialized_start=3866
+  _globals['_WATCHRECORDINGREQUEST']._serialized_end=3955
+  _globals['_WATCHRECORDINGRESPONSE']._serialized_start=3957
+  _globals['_WATCHRECORDINGRESPONSE']._serialized_end=4075
+  _globals['_AUDITSERVICE']._serialized_start=4730
+  _globals['_AUDITSERVICE']._serialized_end=5250
 # @@protoc_insertion_point(module_scope)

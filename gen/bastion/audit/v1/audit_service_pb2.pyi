@@ -7,6 +7,7 @@ or denied with reasons) and tamper-evident session recordings (PROTOCOL.md secti
 
 from bastion.mrzap.v1 import mrzap_pb2 as _mrzap_pb2
 from bastion.policy.v1 import policy_service_pb2 as _policy_service_pb2
+from bastion.registry.v1 import registry_service_pb2 as _registry_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -40,6 +41,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A command was typed in a recorded shell."""
     EVENT_KIND_API_CALL: _EventKind.ValueType  # 4
     """An RPC of the service was called."""
+    EVENT_KIND_TARGET: _EventKind.ValueType  # 5
+    """A target's lifecycle changed, or an agent or a registration was refused."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind is what an audit event is about."""
@@ -54,6 +57,8 @@ EVENT_KIND_COMMAND: EventKind.ValueType  # 3
 """A command was typed in a recorded shell."""
 EVENT_KIND_API_CALL: EventKind.ValueType  # 4
 """An RPC of the service was called."""
+EVENT_KIND_TARGET: EventKind.ValueType  # 5
+"""A target's lifecycle changed, or an agent or a registration was refused."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _EventOutcome:
@@ -317,6 +322,36 @@ class CommandDetails(_message.Message):
 Global___CommandDetails: _TypeAlias = CommandDetails  # noqa: Y015
 
 @_typing.final
+class TargetDetails(_message.Message):
+    """TargetDetails describes a lifecycle change of a target, or a refused agent or registration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    target_id: _builtins.str
+    """The target concerned; empty when the request named none that exists."""
+    state: _registry_service_pb2.TargetState.ValueType
+    """The state the target entered; unspecified for a refusal that changed nothing."""
+    message: _builtins.str
+    """What happened, in words that contain no secrets."""
+    def __init__(
+        self,
+        *,
+        target_id: _builtins.str = ...,
+        state: _registry_service_pb2.TargetState.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "state", b"state", "target_id", b"target_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetDetails: _TypeAlias = TargetDetails  # noqa: Y015
+
+@_typing.final
 class ApiCallDetails(_message.Message):
     """ApiCallDetails describes an RPC call."""
 
@@ -362,6 +397,7 @@ class AuditEvent(_message.Message):
     POLICY_DECISION_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     API_CALL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The identifier of the event."""
     kind: Global___EventKind.ValueType
@@ -396,6 +432,10 @@ class AuditEvent(_message.Message):
     def api_call(self) -> Global___ApiCallDetails:
         """For EVENT_KIND_API_CALL."""
 
+    @_builtins.property
+    def target(self) -> Global___TargetDetails:
+        """For EVENT_KIND_TARGET."""
+
     def __init__(
         self,
         *,
@@ -409,12 +449,13 @@ class AuditEvent(_message.Message):
         policy_decision: Global___PolicyDecisionDetails | None = ...,
         command: Global___CommandDetails | None = ...,
         api_call: Global___ApiCallDetails | None = ...,
+        target: Global___TargetDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "api_call", b"api_call", "command", b"command", "connection", b"connection", "details", b"details", "policy_decision", b"policy_decision", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "api_call", b"api_call", "command", b"command", "connection", b"connection", "details", b"details", "policy_decision", b"policy_decision", "target", b"target", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "api_call", b"api_call", "command", b"command", "connection", b"connection", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "policy_decision", b"policy_decision", "reasons", b"reasons", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "api_call", b"api_call", "command", b"command", "connection", b"connection", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "policy_decision", b"policy_decision", "reasons", b"reasons", "target", b"target", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["connection", "policy_decision", "command", "api_call"]  # noqa: Y015
+    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["connection", "policy_decision", "command", "api_call", "target"]  # noqa: Y015
     _WhichOneofArgType_details: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_details) -> _WhichOneofReturnType_details | None: ...
 

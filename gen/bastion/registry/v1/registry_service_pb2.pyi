@@ -700,6 +700,8 @@ class RegisterAgentRequest(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     activation_token: _builtins.str
     """The activation token; it is spent by this call whether or not the call succeeds."""
     public_key: _builtins.bytes
@@ -710,6 +712,12 @@ class RegisterAgentRequest(_message.Message):
     """The host name of the machine the agent runs on."""
     agent_version: _builtins.str
     """The agent's software version."""
+    name: _builtins.str
+    """The target's name; empty keeps the name chosen with the activation token, or else the host
+    name.
+    """
+    region: _builtins.str
+    """The region the agent runs in, for routing it to a broker of that region; may be empty."""
     def __init__(
         self,
         *,
@@ -717,10 +725,12 @@ class RegisterAgentRequest(_message.Message):
         public_key: _builtins.bytes = ...,
         hostname: _builtins.str = ...,
         agent_version: _builtins.str = ...,
+        name: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_token", b"activation_token", "agent_version", b"agent_version", "hostname", b"hostname", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_token", b"activation_token", "agent_version", b"agent_version", "hostname", b"hostname", "name", b"name", "public_key", b"public_key", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -865,22 +875,60 @@ class GetTargetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_FIELD_NUMBER: _builtins.int
+    STATE_CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def target(self) -> Global___Target:
         """The target."""
+
+    @_builtins.property
+    def state_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetStateChange]:
+        """Every state the target has been in, oldest first."""
 
     def __init__(
         self,
         *,
         target: Global___Target | None = ...,
+        state_changes: _abc.Iterable[Global___TargetStateChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state_changes", b"state_changes", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTargetResponse: _TypeAlias = GetTargetResponse  # noqa: Y015
+
+@_typing.final
+class TargetStateChange(_message.Message):
+    """TargetStateChange records one transition of a target's lifecycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___TargetState.ValueType
+    """The state entered."""
+    reason: _builtins.str
+    """Why, in words (for example "no keepalive for 60 s")."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was entered."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TargetState.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetStateChange: _TypeAlias = TargetStateChange  # noqa: Y015
 
 @_typing.final
 class RenameTargetRequest(_message.Message):

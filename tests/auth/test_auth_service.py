@@ -7,7 +7,6 @@ is served over HTTP on loopback.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pyotp
@@ -30,7 +29,7 @@ from mrzap.errors import (
 from mrzap.jwks import HttpJwksSource
 from mrzap.login_proof import sign_login_proof
 from mrzap.pktoken import PkTokenVerifier
-from mrzap.storage import Database, sqlite_url
+from mrzap.storage import Database
 from mrzap.testing import FixedClock, TestIdentityProvider
 
 START = 1_900_000_000.0
@@ -92,8 +91,8 @@ class Org:
 
 
 @pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(sqlite_url(tmp_path / "mrzap.db"))
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
     database.migrate([MIGRATIONS])
     yield database
     await database.close()

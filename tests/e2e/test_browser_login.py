@@ -10,6 +10,8 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from tests.conftest import missing_system_part
+
 from .conftest import PASSWORD, Cluster
 from .test_login import SECRET, start_login
 
@@ -29,7 +31,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (`make test` installs it)")
+        missing_system_part("Debian's chromium is not installed")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser

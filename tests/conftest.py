@@ -1,0 +1,61 @@
+"""Fixtures shared by the whole suite: databases on SQLite and on PostgreSQL, system parts.
+
+Tests that need a part of the machine (PostgreSQL, Chromium) skip with the reason when it is
+missing, except under `MRZAP_TEST_STRICT=1` (set by CI), where a missing part fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import psycopg
+import pytest
+
+from mrzap.storage import sqlite_url
+
+#: The PostgreSQL server the storage tests use; `tools/system-deps.sh` starts it and makes the role.
+POSTGRES_URL = os.environ.get(
+    "MRZAP_TEST_POSTGRES", "postgresql://mrzap_test:mrzap_test@127.0.0.1:5432/postgres"
+)
+
+
+def missing_system_part(reason: str) -> NoReturn:
+    """Skip the test for want of `reason`; under MRZAP_TEST_STRICT=1 fail it instead."""
+    if os.environ.get("MRZAP_TEST_STRICT") == "1":
+        pytest.fail(f"{reason} (MRZAP_TEST_STRICT=1: run tools/system-deps.sh as root)")
+    pytest.skip(f"{reason}: `make test` as root installs and starts it")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of a reachable PostgreSQL server whose role may create databases."""
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            pass
+    except psycopg.Error as error:
+        missing_system_part(f"PostgreSQL is not reachable at {POSTGRES_URL} ({error})")
+    return POSTGRES_URL
+
+
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    name = f"mrzap_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once on SQLite and once on PostgreSQL (storage tests run on both)."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "mrzap.db")
+    else:
+        yield from _fresh_postgres_database(request.getfixturevalue("postgres_server"))

@@ -9,6 +9,7 @@ Ctrl-C stops both.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ Press Ctrl-C to stop everything.
 """
 
 
-def run_up(data_dir: Path, port: int, idp_port: int) -> None:
+def run_up(data_dir: Path, port: int, idp_port: int, database: str | None = None) -> None:
     """Start the development IdP and the service; run until interrupted."""
     data_dir = data_dir.resolve()
     idp_dir = data_dir / "idp"
@@ -93,6 +94,8 @@ def run_up(data_dir: Path, port: int, idp_port: int) -> None:
     idp_dir.mkdir(exist_ok=True, mode=0o700)
     passwords = _demo_passwords(idp_dir, idp_port)
     config = ServiceConfig.from_toml(_service_config(data_dir, port, idp_port), data_dir)
+    if database:
+        config = dataclasses.replace(config, database=database)
     idp = ChildProcess(
         [
             sys.executable,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def main() -> None:
     """The mrzap service: authentication, registry, policy, broker and audit."""
 
 
+_DB_OPTION = click.option(
+    "--db",
+    "database",
+    metavar="URL",
+    help="The database: sqlite:///PATH or postgresql://USER@HOST/NAME "
+    "(default: [storage] database, else SQLite in the data directory).",
+)
+
+
 @main.command("serve")
 @click.option(
     "--config",
@@ -37,10 +47,13 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where keys, TLS material and the SQLite database live.",
 )
-def serve_command(config_path: Path, data_dir: Path) -> None:
+@_DB_OPTION
+def serve_command(config_path: Path, data_dir: Path, database: str | None) -> None:
     """Run the service roles with a configuration file."""
     try:
         config = ServiceConfig.from_toml(config_path, data_dir)
+        if database:
+            config = dataclasses.replace(config, database=database)
         asyncio.run(serve_until_stopped(config))
     except MrzapError as error:
         click.echo(f"mrzapd: {error.message}", err=True)
@@ -57,10 +70,11 @@ def serve_command(config_path: Path, data_dir: Path) -> None:
 )
 @click.option("--port", default=8443, show_default=True, help="The service's port.")
 @click.option("--idp-port", default=5556, show_default=True, help="The development IdP's port.")
-def up_command(data_dir: Path, port: int, idp_port: int) -> None:
+@_DB_OPTION
+def up_command(data_dir: Path, port: int, idp_port: int, database: str | None) -> None:
     """Start the embedded default: the service, a development IdP, SQLite, generated TLS."""
     try:
-        run_up(data_dir, port, idp_port)
+        run_up(data_dir, port, idp_port, database)
     except MrzapError as error:
         click.echo(f"mrzapd: {error.message}", err=True)
         sys.exit(1)

@@ -6,6 +6,7 @@ missing, except under `MRZAP_TEST_STRICT=1` (set by CI), where a missing part fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,7 +42,9 @@ def postgres_server() -> str:
     return POSTGRES_URL
 
 
-def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server (dropped afterwards); yields its URL."""
     name = f"mrzap_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -58,4 +61,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield sqlite_url(tmp_path / "mrzap.db")
     else:
-        yield from _fresh_postgres_database(request.getfixturevalue("postgres_server"))
+        with fresh_postgres_database(request.getfixturevalue("postgres_server")) as url:
+            yield url

@@ -55,7 +55,11 @@ def _idp_config(path: Path, token_lifetime_s: int) -> None:
 
 
 def start_cluster(
-    root: Path, *, token_lifetime_s: int = 600, max_session_age: str = "12h"
+    root: Path,
+    *,
+    token_lifetime_s: int = 600,
+    max_session_age: str = "12h",
+    database: str | None = None,
 ) -> tuple[Cluster, list[ChildProcess]]:
     """Start the IdP and the service under `root`; returns the cluster and its processes."""
     root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +83,7 @@ def start_cluster(
                 str(root / "mrzapd.toml"),
                 "--data-dir",
                 str(data),
+                *(["--db", database] if database else []),
             ]
         )
         processes.append(service)

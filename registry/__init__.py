@@ -1,9 +1,61 @@
-"""The registry role: organisations, environments, targets, registration and API keys.
+"""The registry role: the organisation, environments, registration keys, and targets' lifecycle.
 
-Agents register here with an activation token and receive their target id, the pinned service
-keys and the IdP configuration; the registry tracks each target's lifecycle state.
+Flow (DESIGN.md section 3, flow 3): an administrator makes a registration key (its secret shown
+once, only its hash kept). A machine presents it to `CreateActivationToken` and gets a
+single-use, short-lived activation token and a target in ACTIVATION; the agent spends the token in
+`RegisterAgent` with its public key and learns its target id, the organisation id, the grant keys
+and the IdP configuration to pin (REGISTERED). The broker's control stream then reports the agent
+through the `TargetDirectory` methods of `Registry` (ONLINE, keepalives, OFFLINE, refusals), and
+`Registry.sweep`, run every few seconds by `Sweeper`, applies the time-based transitions
+(OFFLINE, TERMINATED). Every transition is in the target's state history and, with every refusal,
+in the audit log.
+
+Servicer -> `Registry` (domain) -> `RegistryStore` (SQL tables owned by this role, `registry_*`).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._config import RegistryConfig
+from ._domain import (
+    DEFAULT_ENVIRONMENT,
+    AgentRegistration,
+    IssuedToken,
+    NewSecret,
+    Registered,
+    Registry,
+    SweepResult,
+)
+from ._migrations import MIGRATIONS
+from ._servicer import ACCESS, RegistryServicer
+from ._store import (
+    Environment,
+    RegistrationKey,
+    RegistryStore,
+    StateChange,
+    Target,
+    TargetFilter,
+    TargetState,
+)
+from ._sweeper import Sweeper
+
+__all__ = [
+    "ACCESS",
+    "DEFAULT_ENVIRONMENT",
+    "MIGRATIONS",
+    "AgentRegistration",
+    "Environment",
+    "IssuedToken",
+    "NewSecret",
+    "Registered",
+    "RegistrationKey",
+    "Registry",
+    "RegistryConfig",
+    "RegistryServicer",
+    "RegistryStore",
+    "StateChange",
+    "SweepResult",
+    "Sweeper",
+    "Target",
+    "TargetFilter",
+    "TargetState",
+]

@@ -1,4 +1,4 @@
-"""The auth role: login with PK tokens, TOTP MFA, users and service sessions.
+"""The auth role: login with PK tokens, TOTP MFA, users, service sessions and API keys.
 
 Flow: `zli login` obtains a PK token from the organisation's IdP and calls `Login`, which verifies
 it exactly as an agent will (PROTOCOL.md section 3) and proves the caller holds the session key.
@@ -6,24 +6,44 @@ The user record is created on first login; administrators come from configuratio
 starts MFA-pending, becomes usable after a TOTP code, lasts as long as the freshest ID token, and
 is refreshed with refreshed ID tokens until the organisation's maximum session age.
 
-Servicer -> `AuthService` (domain) -> `AuthStore` (SQL tables owned by this role).
+Service accounts (scripts, CI) call with an API key instead: created by an administrator, shown
+once, stored as a hash, with a user's or an administrator's rights, an optional expiry and
+immediate revocation. `SessionInterceptor` authenticates every call either way and servicers ask
+`current_caller()` who called.
+
+Servicer -> `AuthService` (domain; `ApiKeyService` for keys) -> `AuthStore`, `ApiKeyStore` (SQL
+tables owned by this role).
 """
 
 from __future__ import annotations
 
+from ._api_key_store import ApiKey, ApiKeyStore
+from ._api_keys import API_KEY_PREFIX, ApiKeyService, looks_like_api_key
+from ._caller import Caller
 from ._config import AuthConfig, OrgControls
 from ._domain import AuthService, LoginResult, SessionInfo
+from ._interceptor import Access, SessionInterceptor, current_caller, current_session
 from ._migrations import MIGRATIONS
 from ._store import AuthStore, Session, User
 
 __all__ = [
+    "API_KEY_PREFIX",
     "MIGRATIONS",
+    "Access",
+    "ApiKey",
+    "ApiKeyService",
+    "ApiKeyStore",
     "AuthConfig",
     "AuthService",
     "AuthStore",
+    "Caller",
     "LoginResult",
     "OrgControls",
     "Session",
     "SessionInfo",
+    "SessionInterceptor",
     "User",
+    "current_caller",
+    "current_session",
+    "looks_like_api_key",
 ]

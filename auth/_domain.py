@@ -23,6 +23,9 @@ from mrzap.replay import ReplayCache
 from mrzap.verification import Reason, VerificationError
 
 from . import _mfa
+from ._api_key_store import ApiKeyStore
+from ._api_keys import ApiKeyService, looks_like_api_key
+from ._caller import Caller
 from ._config import AuthConfig
 from ._store import AuthStore, Session, User
 
@@ -88,11 +91,17 @@ class AuthService:
         self._tokens = tokens
         self._clock = clock or SystemClock()
         self._proofs = ReplayCache(self._clock)
+        self._api_keys = ApiKeyService(ApiKeyStore(store.database), self._clock)
 
     @property
     def config(self) -> AuthConfig:
         """The role's configuration."""
         return self._config
+
+    @property
+    def api_keys(self) -> ApiKeyService:
+        """The role's API keys (service accounts)."""
+        return self._api_keys
 
     async def login(
         self, pk_token: mrzap_pb2.PkToken, timestamp_ms: int, proof: bytes
@@ -138,6 +147,12 @@ class AuthService:
         if info.mfa is not MfaStatus.DONE and not allow_mfa_pending:
             raise Unauthenticated("MFA is not complete for this session: run `zli login`")
         return info
+
+    async def authenticate_caller(self, token: str) -> Caller:
+        """The caller behind a bearer token: an API key, or a session that has passed MFA."""
+        if looks_like_api_key(token):
+            return await self.api_keys.authenticate(token)
+        return Caller.of_session(await self.authenticate(token))
 
     async def refresh(
         self, info: SessionInfo, pk_token: mrzap_pb2.PkToken, timestamp_ms: int, proof: bytes
@@ -202,7 +217,7 @@ class AuthService:
         next_token = encode_page_token((page[-1].email, page[-1].id)) if len(users) > limit else ""
         return [(u, self._config.is_admin(u.email, u.groups)) for u in page], next_token
 
-    async def reset_mfa(self, admin: SessionInfo, name: str) -> User:
+    async def reset_mfa(self, admin: SessionInfo | Caller, name: str) -> User:
         """Forget a user's MFA (an administrator's action); the user enrols again at next login."""
         if not admin.is_admin:
             raise PermissionDenied("only administrators can reset MFA")

@@ -1,7 +1,9 @@
-"""Authentication of every RPC: each method is classified, and sessions are checked before it runs.
+"""Authentication of every RPC: each method is classified, and callers are checked before it runs.
 
-A method missing from the classification is refused (fail closed). The servicer reads the
-authenticated session with `current_session()`.
+A method missing from the classification is refused (fail closed). USER and ADMIN methods accept
+a user's session (after MFA) or a service account's API key; the login methods (MFA, refresh,
+logout, whoami) need a session. Servicers read who called with `current_caller()`, or
+`current_session()` where only a person's session makes sense.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import grpc.aio
 from mrzap.errors import Internal, PermissionDenied, Unauthenticated
 from mrzap.rpc import GuardInterceptor, bearer_token
 
+from ._api_keys import looks_like_api_key
+from ._caller import Caller
 from ._domain import AuthService, SessionInfo
 
-__all__ = ["Access", "SessionInterceptor", "current_session"]
+__all__ = ["Access", "SessionInterceptor", "current_caller", "current_session"]
 
 
 class Access(enum.Enum):
@@ -34,37 +38,47 @@ class Access(enum.Enum):
     """A session that may have expired (not been revoked): refreshing it."""
 
     USER = "user"
-    """A session that has passed MFA."""
+    """A session that has passed MFA, or an API key."""
 
     ADMIN = "admin"
-    """A session that has passed MFA, of an administrator."""
+    """A session that has passed MFA, of an administrator; or an administrator's API key."""
 
     AGENT = "agent"
     """Agents, which authenticate with their own key inside the call."""
 
 
-_session: contextvars.ContextVar[SessionInfo | None] = contextvars.ContextVar(
-    "mrzap_session", default=None
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "mrzap_caller", default=None
 )
+
+_NEEDS_SESSION = "this call needs a user's login session (`zli login`); API keys cannot make it"
+
+
+def current_caller() -> Caller:
+    """Who made the RPC being served: a user's session or an API key."""
+    caller = _caller.get()
+    if caller is None:
+        raise Internal("no authenticated caller for this call")
+    return caller
 
 
 def current_session() -> SessionInfo:
-    """The session of the RPC being served."""
-    info = _session.get()
-    if info is None:
-        raise Internal("no authenticated session for this call")
-    return info
+    """The session of the RPC being served; PermissionDenied if an API key made it."""
+    caller = current_caller()
+    if caller.session is None:
+        raise PermissionDenied(_NEEDS_SESSION)
+    return caller.session
 
 
 class SessionInterceptor(GuardInterceptor):
-    """Checks the caller's session against the method's access class."""
+    """Checks the caller's session or API key against the method's access class."""
 
     def __init__(self, auth: AuthService, access: Mapping[str, Access]) -> None:
         self._auth = auth
         self._access = dict(access)
 
     async def guard(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Refuse the call unless the caller may make it; remember the session for the servicer."""
+        """Refuse the call unless the caller may make it; remember the caller for the servicer."""
         access = self._access.get(method)
         if access is None:
             raise PermissionDenied(f"{method} is not open to any caller")
@@ -73,11 +87,17 @@ class SessionInterceptor(GuardInterceptor):
         token = bearer_token(context)
         if not token:
             raise Unauthenticated("not logged in: run `zli login`")
-        info = await self._auth.authenticate(
-            token,
-            allow_mfa_pending=access in (Access.LOGIN, Access.REFRESH),
-            allow_expired=access is Access.REFRESH,
-        )
-        if access is Access.ADMIN and not info.is_admin:
+        if looks_like_api_key(token):
+            if access not in (Access.USER, Access.ADMIN):
+                raise PermissionDenied(_NEEDS_SESSION)
+            caller = await self._auth.api_keys.authenticate(token)
+        else:
+            info = await self._auth.authenticate(
+                token,
+                allow_mfa_pending=access in (Access.LOGIN, Access.REFRESH),
+                allow_expired=access is Access.REFRESH,
+            )
+            caller = Caller.of_session(info)
+        if access is Access.ADMIN and not caller.is_admin:
             raise PermissionDenied("only administrators may do this")
-        _session.set(info)
+        _caller.set(caller)

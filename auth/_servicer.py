@@ -9,11 +9,12 @@ import grpc.aio
 from bastion.auth.v1 import auth_service_pb2 as pb
 from bastion.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from bastion.mrzap.v1 import mrzap_pb2
-from mrzap.errors import InvalidArgument, Unimplemented
+from mrzap.errors import InvalidArgument
 from mrzap.timestamps import to_timestamp
 
+from ._api_key_store import ApiKey
 from ._domain import AuthService, MfaStatus, SessionInfo
-from ._interceptor import Access, current_session
+from ._interceptor import Access, current_caller, current_session
 from ._store import User
 
 __all__ = ["ACCESS", "AuthServicer"]
@@ -43,7 +44,6 @@ _MFA_STATUS = {
 }
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_NO_API_KEYS = "API keys are not available in this version of mrzap"
 
 
 def user_message(user: User, admin: bool) -> pb.User:
@@ -70,6 +70,22 @@ def session_message(info: SessionInfo) -> pb.Session:
     if info.session.mfa_verified_at is not None:
         session.mfa_verify_time.CopyFrom(to_timestamp(info.session.mfa_verified_at))
     return session
+
+
+def api_key_message(key: ApiKey) -> pb.ApiKey:
+    """The wire form of an API key (never its secret)."""
+    message = pb.ApiKey(
+        id=key.id,
+        name=key.name,
+        admin=key.admin,
+        creator_user_id=key.creator_user_id,
+        create_time=to_timestamp(key.created_at),
+    )
+    if key.expires_at is not None:
+        message.expire_time.CopyFrom(to_timestamp(key.expires_at))
+    if key.last_used_at is not None:
+        message.last_use_time.CopyFrom(to_timestamp(key.last_used_at))
+    return message
 
 
 def _require_pk_token(token: mrzap_pb2.PkToken, proof: bytes) -> None:
@@ -146,7 +162,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         """Forget a user's MFA (administrators only)."""
         if not request.user:
             raise InvalidArgument("name the user by id or email")
-        user = await self._auth.reset_mfa(current_session(), request.user)
+        user = await self._auth.reset_mfa(current_caller(), request.user)
         return pb.ResetMfaResponse(
             user=user_message(user, self._auth.config.is_admin(user.email, user.groups))
         )
@@ -165,17 +181,25 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: _Context
     ) -> pb.CreateApiKeyResponse:
-        """Not offered yet: API keys come with service accounts."""
-        raise Unimplemented(_NO_API_KEYS)
+        """A new API key; its secret is in this answer only (administrators only)."""
+        ttl_s = request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else 0.0
+        key, secret = await self._auth.api_keys.create(
+            current_caller(), request.name, admin=request.admin, ttl_s=ttl_s
+        )
+        return pb.CreateApiKeyResponse(api_key=api_key_message(key), secret=secret)
 
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: _Context
     ) -> pb.ListApiKeysResponse:
-        """Not offered yet: API keys come with service accounts."""
-        raise Unimplemented(_NO_API_KEYS)
+        """A page of the API keys not revoked, without secrets (administrators only)."""
+        keys, next_token = await self._auth.api_keys.list(request.page_size, request.page_token)
+        return pb.ListApiKeysResponse(
+            api_keys=[api_key_message(key) for key in keys], next_page_token=next_token
+        )
 
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: _Context
     ) -> pb.RevokeApiKeyResponse:
-        """Not offered yet: API keys come with service accounts."""
-        raise Unimplemented(_NO_API_KEYS)
+        """Make an API key unusable at once (administrators only)."""
+        await self._auth.api_keys.revoke(current_caller(), request.api_key_id)
+        return pb.RevokeApiKeyResponse()

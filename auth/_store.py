@@ -137,6 +137,11 @@ class AuthStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def database(self) -> Database:
+        """The database the tables live in (the role's other stores share it)."""
+        return self._db
+
     async def upsert_user(
         self, issuer: str, subject: str, email: str, groups: tuple[str, ...], now: float
     ) -> User:

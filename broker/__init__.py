@@ -1,9 +1,28 @@
-"""The broker role: connection set-up and the relay between client channels and agent streams.
+"""The broker role: agents' control streams, and (later) the relay between clients and agents.
 
-It asks the policy role for grants, carries SYN, SYN-ACK and encrypted frames between zli and the
-agent's outbound control stream (PROTOCOL.md sections 5-7), and can neither read nor alter them.
+Agents dial out and hold one control stream each (PROTOCOL.md section 7). `BrokerRole` serves
+`AgentService.Control`: it authenticates the agent against the key the registry holds (through
+the `TargetDirectory` protocol, which `registry.Registry` implements), keeps the stream in
+`ConnectedAgents` for routing, runs one timer for keepalives and dead streams, and reports
+connections, disconnections, refusals and batched keepalives back to the directory. The broker
+relays SYN, SYN-ACK and encrypted frames it can neither read nor alter (sections 5-6).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._config import BrokerConfig, load_or_create_broker_id
+from ._connected import AgentStream, ConnectedAgents
+from ._control import ACCESS
+from ._directory import TargetDirectory
+from ._role import SERVER_OPTIONS, BrokerRole
+
+__all__ = [
+    "ACCESS",
+    "SERVER_OPTIONS",
+    "AgentStream",
+    "BrokerConfig",
+    "BrokerRole",
+    "ConnectedAgents",
+    "TargetDirectory",
+    "load_or_create_broker_id",
+]

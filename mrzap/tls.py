@@ -53,6 +53,18 @@ class TlsFiles:
         """The server's private key (0600)."""
         return self.directory / "server.key"
 
+    def server_chain(self) -> bytes:
+        """The PEM chain the server presents: its certificate, then the CA's.
+
+        Sending the CA too lets an agent pin it by fingerprint on first contact
+        (`mrzap-agent register --ca-fingerprint`) and verify normally from then on.
+        """
+        chain = self.server_cert.read_bytes()
+        ca = self.ca_cert.read_bytes()
+        if ca.strip() in chain:
+            return chain
+        return chain.rstrip(b"\n") + b"\n" + ca
+
 
 def ca_fingerprint(ca_pem: bytes) -> str:
     """The SHA-256 fingerprint of a PEM certificate, as lowercase hex."""

@@ -1,0 +1,286 @@
+"""The broker's end of agents' control streams: `AgentService.Control` (PROTOCOL.md section 7).
+
+Each stream runs as one async generator. A small reader task moves the agent's messages into the
+stream's queue; messages for the agent (keepalive probes, closes, later channel traffic) go into
+the same queue, so everything about one stream happens in order in one place without locks:
+
+    broker: Challenge{nonce}
+    agent:  agent_auth = Signed(AgentAuth{target_id, nonce, timestamp_ms, version})
+    broker: Welcome{broker_id, region, keepalive_interval}     (or ControlClose and a status)
+    both:   keepalives ... until either side sends ControlClose
+
+A refused stream gets ControlClose{reason, message}, an audit event (`agent_refused`) and an error
+status. A newer stream of the same target supersedes the older one, which gets
+ControlClose{SUPERSEDED}. When the current stream of a target ends, the registry hears
+`agent_disconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
+
+from auth._interceptor import Access
+from bastion.agent.v1 import agent_service_pb2 as pb
+from mrzap.clock import Clock
+from mrzap.errors import InvalidArgument, MrzapError, ResourceExhausted, Unavailable
+
+from ._auth import Refusal, authenticate_agent
+from ._config import BrokerConfig
+from ._connected import AgentStream, ConnectedAgents
+from ._directory import TargetDirectory
+from ._housekeeping import Housekeeper
+
+__all__ = ["ACCESS", "AgentServicer", "add_agent_servicer"]
+
+_SERVICE = "bastion.agent.v1.AgentService"
+
+#: Who may call each method of AgentService: agents prove who they are inside the stream.
+ACCESS: dict[str, Access] = {f"/{_SERVICE}/Control": Access.AGENT}
+
+_log = logging.getLogger("mrzap.broker")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A message the stream refuses before parsing it fully: too large, or not a ControlRequest."""
+
+    message: str
+    """What was wrong with it."""
+
+    oversized: bool
+    """Whether it was refused for its size."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ended:
+    """The agent's side of the stream is over (half-closed, or the call broke)."""
+
+    reason: str
+
+
+def request_deserializer(limit: int) -> Callable[[bytes], pb.ControlRequest | Unreadable]:
+    """Parse a ControlRequest unless it is larger than `limit` bytes or malformed.
+
+    Returning a marker instead of raising lets the stream answer with ControlClose and an audit
+    event; a deserializer that raises would just fail the call.
+    """
+
+    def deserialize(raw: bytes) -> pb.ControlRequest | Unreadable:
+        if len(raw) > limit:
+            return Unreadable(f"a message of {len(raw)} bytes exceeds the limit of {limit}", True)
+        try:
+            return pb.ControlRequest.FromString(raw)
+        except DecodeError:
+            return Unreadable("a message that is not a ControlRequest", False)
+
+    return deserialize
+
+
+class AgentServicer:
+    """Serves `AgentService.Control` for the agents of this broker."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        directory: TargetDirectory,
+        agents: ConnectedAgents,
+        housekeeper: Housekeeper,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._directory = directory
+        self._agents = agents
+        self._housekeeper = housekeeper
+        self._clock = clock
+        self._admissions = asyncio.Semaphore(config.max_concurrent_admissions)
+        self._welcome_interval = Duration()
+        self._welcome_interval.FromNanoseconds(round(config.keepalive_interval_s * 1e9))
+
+    async def Control(
+        self,
+        requests: AsyncIterator[pb.ControlRequest | Unreadable],
+        context: _Context,
+    ) -> AsyncIterator[pb.ControlResponse]:
+        """One agent's control stream, from the challenge to its end."""
+        address = context.peer() or ""
+        events: asyncio.Queue[object] = asyncio.Queue()
+        reader = asyncio.get_running_loop().create_task(_read(requests, events))
+        stream: AgentStream | None = None
+        try:
+            nonce = secrets.token_bytes(32)
+            yield pb.ControlResponse(challenge=pb.Challenge(nonce=nonce))
+            first = await self._first_message(events)
+            # Admission is bounded: a reconnection storm of thousands of agents must queue here
+            # rather than swamp the registry's database with concurrent transactions.
+            async with self._admissions:
+                identity = await authenticate_agent(
+                    first, nonce, self._directory, self._clock.now(), self._config.max_clock_skew_s
+                )
+                stream = AgentStream(identity.target_id, address, events)
+                previous = self._agents.add(stream)
+                if previous is not None:
+                    previous.close(
+                        pb.CONTROL_CLOSE_REASON_SUPERSEDED,
+                        "a newer control stream of this target replaced this one",
+                    )
+                try:
+                    await self._directory.agent_connected(
+                        identity.target_id, self._config.broker_id, address
+                    )
+                except MrzapError as error:
+                    _log.error("could not record agent %s online: %s", identity.target_id, error)
+                    raise Refusal(
+                        pb.CONTROL_CLOSE_REASON_UNSPECIFIED,
+                        Unavailable("the broker cannot reach the registry; try again later"),
+                        identity.target_id,
+                    ) from None
+            _log.info(
+                "agent %s online from %s (version %s)",
+                identity.target_id,
+                address,
+                identity.version,
+            )
+            yield pb.ControlResponse(
+                welcome=pb.Welcome(
+                    broker_id=self._config.broker_id,
+                    region=self._config.region,
+                    keepalive_interval=self._welcome_interval,
+                )
+            )
+            async for response in self._serve(stream, events):
+                yield response
+        except Refusal as refusal:
+            if stream is not None:
+                stream.end_reason = refusal.message
+            await self._refused(refusal, address)
+            yield pb.ControlResponse(
+                close=pb.ControlClose(reason=refusal.close_reason, message=refusal.message)
+            )
+            raise refusal.error from None
+        finally:
+            reader.cancel()
+            if stream is not None and self._agents.remove(stream) and not stream.draining:
+                _log.info("agent %s offline: %s", stream.target_id, stream.end_reason)
+                with contextlib.suppress(MrzapError):  # the registry's sweep catches up
+                    await self._directory.agent_disconnected(
+                        stream.target_id, self._config.broker_id, stream.end_reason
+                    )
+
+    async def _first_message(self, events: asyncio.Queue[object]) -> pb.ControlRequest:
+        """The agent's first message, which must come within the auth timeout."""
+        try:
+            first = await asyncio.wait_for(events.get(), self._config.auth_timeout_s)
+        except TimeoutError:
+            raise Refusal(
+                pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR,
+                InvalidArgument(
+                    f"no agent_auth within {self._config.auth_timeout_s:g} s of the challenge"
+                ),
+            ) from None
+        if isinstance(first, _Ended):
+            raise Refusal(
+                pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR,
+                InvalidArgument(f"the stream ended before agent_auth ({first.reason})"),
+            )
+        if isinstance(first, Unreadable):
+            raise _unreadable(first, "")
+        assert isinstance(first, pb.ControlRequest)
+        return first
+
+    async def _serve(
+        self, stream: AgentStream, events: asyncio.Queue[object]
+    ) -> AsyncIterator[pb.ControlResponse]:
+        """Relay queued messages to the agent and handle the agent's, until the stream ends."""
+        while True:
+            event = await events.get()
+            if isinstance(event, pb.ControlResponse):
+                yield event
+                if event.HasField("close"):
+                    return
+            elif isinstance(event, _Ended):
+                stream.end_reason = event.reason
+                return
+            elif isinstance(event, Unreadable):
+                raise _unreadable(event, stream.target_id)
+            else:
+                assert isinstance(event, pb.ControlRequest)
+                stream.last_heard = time.monotonic()
+                self._housekeeper.saw(stream.target_id)
+                kind = event.WhichOneof("frame")
+                if kind == "keepalive":
+                    continue
+                if kind == "close":
+                    reason = pb.ControlCloseReason.Name(event.close.reason)
+                    stream.end_reason = f"the agent closed the stream ({reason})"
+                    return
+                raise Refusal(
+                    pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR,
+                    InvalidArgument(
+                        f"{kind or 'an empty message'} is not expected on this stream"
+                        + ("" if kind == "agent_auth" else " (no channel is open)")
+                    ),
+                    stream.target_id,
+                )
+
+    async def _refused(self, refusal: Refusal, address: str) -> None:
+        _log.warning(
+            "refused agent %s from %s: %s", refusal.target_id or "-", address, refusal.message
+        )
+        try:
+            async with self._admissions:
+                await self._directory.agent_refused(refusal.target_id, refusal.message, address)
+        except MrzapError as error:
+            _log.error("could not audit a refused agent: %s", error)
+
+
+def _unreadable(event: Unreadable, target_id: str) -> Refusal:
+    if event.oversized:
+        return Refusal(
+            pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR, ResourceExhausted(event.message), target_id
+        )
+    return Refusal(
+        pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR, InvalidArgument(event.message), target_id
+    )
+
+
+async def _read(
+    requests: AsyncIterator[pb.ControlRequest | Unreadable], events: asyncio.Queue[object]
+) -> None:
+    """Move the agent's messages into the stream's queue, then say how its side ended."""
+    try:
+        async for request in requests:
+            events.put_nowait(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # the call broke: the agent vanished, or gRPC refused a message
+        events.put_nowait(_Ended(f"the stream broke ({type(error).__name__})"))
+    else:
+        events.put_nowait(_Ended("the agent ended the stream"))
+
+
+def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server, limit: int) -> None:
+    """Register `servicer` with a deserializer that enforces the per-message size `limit`."""
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "Control": grpc.stream_stream_rpc_method_handler(
+                servicer.Control,
+                request_deserializer=request_deserializer(limit),
+                response_serializer=pb.ControlResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))

@@ -1,0 +1,60 @@
+"""The broker role as `mrzapd` runs it: the control-stream servicer, its table and its timer."""
+
+from __future__ import annotations
+
+import grpc.aio
+
+from mrzap.clock import Clock, SystemClock
+
+from ._config import BrokerConfig
+from ._connected import ConnectedAgents
+from ._control import AgentServicer, add_agent_servicer
+from ._directory import TargetDirectory
+from ._housekeeping import Housekeeper
+
+__all__ = ["SERVER_OPTIONS", "BrokerRole"]
+
+#: gRPC server options the broker needs. No message larger than 1 MiB is read into memory at all
+#: (the control stream's own, smaller limit answers with ControlClose); each agent holds one
+#: connection with one stream, so a connection needs few concurrent streams.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 1024 * 1024),
+    ("grpc.max_concurrent_streams", 100),
+)
+
+
+class BrokerRole:
+    """Holds agents' control streams for one broker process."""
+
+    def __init__(
+        self, config: BrokerConfig, directory: TargetDirectory, clock: Clock | None = None
+    ) -> None:
+        clock = clock or SystemClock()
+        self.config = config
+        """The broker's settings."""
+        self.agents = ConnectedAgents()
+        """The agents connected to this broker."""
+        self.housekeeper = Housekeeper(config, self.agents, directory, clock)
+        """The periodic task: keepalives, dead streams, last-seen batches."""
+        self.servicer = AgentServicer(config, directory, self.agents, self.housekeeper, clock)
+        """The AgentService servicer."""
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve AgentService on `server`."""
+        add_agent_servicer(self.servicer, server, self.config.max_message_bytes)
+
+    def start(self) -> None:
+        """Start the periodic task; call from the running event loop."""
+        self.housekeeper.start()
+
+    async def shutdown(self) -> None:
+        """Tell every agent the broker is going away, then stop the periodic task.
+
+        Call before stopping the gRPC server: each stream sends its ControlClose{SHUTDOWN} and
+        ends within the server's grace period, and agents reconnect with their back-off. The
+        registry is not told of these ends (see `AgentStream.drain`); keepalives heard so far are
+        written.
+        """
+        for stream in self.agents:
+            stream.drain()
+        await self.housekeeper.stop()

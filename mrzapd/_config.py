@@ -27,6 +27,16 @@ Example (every key is optional except `[idp]` `issuer` and `client_id`):
     [admins]
     emails = ["alice@example.com"]
     groups = ["mrzap-admins"]
+
+    [broker]
+    region = ""                         # the region targets connected here are pinned to
+    keepalive_interval = "20s"          # how often an idle agent stream exchanges keepalives
+
+    [registry]
+    activation_token_lifetime = "10m"   # how long an activation token can register a target
+    offline_timeout = "60s"             # an ONLINE target silent this long becomes OFFLINE
+    offline_cleanup_timeout = "24h"     # OFFLINE this long: TERMINATED (environments may differ)
+    sweep_interval = "5s"               # how often those time-based transitions are applied
 """
 
 from __future__ import annotations
@@ -41,8 +51,9 @@ from auth import AuthConfig, OrgControls
 from mrzap.config import IdpConfig
 from mrzap.errors import InvalidArgument
 from mrzap.storage import sqlite_url
+from registry import RegistryConfig
 
-__all__ = ["ServerConfig", "ServiceConfig", "parse_duration"]
+__all__ = ["BrokerSettings", "ServerConfig", "ServiceConfig", "parse_duration"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,6 +90,54 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BrokerSettings:
+    """The `[broker]` section: how this process holds agents' control streams."""
+
+    region: str = ""
+    """The region of this broker; targets connected to it are pinned to it."""
+
+    keepalive_interval_s: float = 20.0
+    """How often each side of an idle control stream sends a keepalive."""
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> BrokerSettings:
+        """Validate the `[broker]` table."""
+        unknown = set(table) - {"region", "keepalive_interval"}
+        if unknown:
+            raise InvalidArgument(f"unknown keys in [broker]: {sorted(unknown)}")
+        region = table.get("region", "")
+        if not isinstance(region, str):
+            raise InvalidArgument("broker.region must be a string")
+        return cls(
+            region=region,
+            keepalive_interval_s=parse_duration(
+                table.get("keepalive_interval", "20s"), "broker.keepalive_interval"
+            ),
+        )
+
+
+_REGISTRY_KEYS = {
+    "activation_token_lifetime": "activation_token_lifetime_s",
+    "offline_timeout": "offline_timeout_s",
+    "offline_cleanup_timeout": "offline_cleanup_timeout_s",
+    "sweep_interval": "sweep_interval_s",
+}
+
+
+def _registry_config(table: dict[str, Any]) -> RegistryConfig:
+    """Validate the `[registry]` table; absent keys keep their defaults."""
+    unknown = set(table) - set(_REGISTRY_KEYS)
+    if unknown:
+        raise InvalidArgument(f"unknown keys in [registry]: {sorted(unknown)}")
+    return RegistryConfig(
+        **{
+            _REGISTRY_KEYS[key]: parse_duration(value, f"registry.{key}")
+            for key, value in table.items()
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ServiceConfig:
     """Everything `mrzapd` reads from its configuration file."""
 
@@ -93,6 +152,12 @@ class ServiceConfig:
 
     auth: AuthConfig
     """The identity provider, administrators and organisation controls."""
+
+    broker: BrokerSettings = BrokerSettings()
+    """The broker role: region and keepalives of agents' control streams."""
+
+    registry: RegistryConfig = dataclasses.field(default_factory=RegistryConfig)
+    """The registry role: activation token lifetime and the lifecycle's timeouts."""
 
     @classmethod
     def from_toml(cls, path: Path, data_dir: Path) -> ServiceConfig:
@@ -111,7 +176,7 @@ class ServiceConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], data_dir: Path) -> ServiceConfig:
         """Validate configuration given as a dictionary (the parsed TOML)."""
-        known = {"server", "storage", "org", "idp", "admins"}
+        known = {"server", "storage", "org", "idp", "admins", "broker", "registry"}
         unknown = set(raw) - known
         if unknown:
             raise InvalidArgument(f"unknown sections {sorted(unknown)}; known: {sorted(known)}")
@@ -160,6 +225,8 @@ class ServiceConfig:
             ),
             database=str(storage.get("database") or sqlite_url(data_dir / "mrzap.db")),
             auth=auth,
+            broker=BrokerSettings.from_table(_table(raw, "broker")),
+            registry=_registry_config(_table(raw, "registry")),
         )
 
 

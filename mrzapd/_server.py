@@ -10,16 +10,28 @@ from collections.abc import Callable
 
 import grpc.aio
 
+from audit import ACCESS as AUDIT_ACCESS
+from audit import MIGRATIONS as AUDIT_MIGRATIONS
+from audit import AuditLog, AuditServicer, AuditStore
 from auth import MIGRATIONS as AUTH_MIGRATIONS
 from auth import AuthService, AuthStore
 from auth._interceptor import SessionInterceptor
 from auth._servicer import ACCESS as AUTH_ACCESS
 from auth._servicer import AuthServicer
+from bastion.audit.v1 import audit_service_pb2_grpc
 from bastion.auth.v1 import auth_service_pb2_grpc
+from bastion.registry.v1 import registry_service_pb2_grpc
+from broker import ACCESS as BROKER_ACCESS
+from broker import SERVER_OPTIONS as BROKER_SERVER_OPTIONS
+from broker import BrokerConfig, BrokerRole, load_or_create_broker_id
 from mrzap.jwks import HttpJwksSource
 from mrzap.pktoken import PkTokenVerifier
 from mrzap.storage import Database
 from mrzap.tls import TlsFiles, ensure_server_tls
+from policy import GrantKeyring
+from registry import ACCESS as REGISTRY_ACCESS
+from registry import MIGRATIONS as REGISTRY_MIGRATIONS
+from registry import Registry, RegistryServicer, RegistryStore, Sweeper
 
 from ._config import ServiceConfig
 
@@ -37,10 +49,26 @@ class RunningServer:
     port: int
     tls: TlsFiles
     database: Database
+    registry: Registry
+    """Targets and their lifecycle; the broker's `TargetDirectory`."""
+    audit: AuditLog
+    """The audit log every role records to."""
+    grant_keys: GrantKeyring
+    """The organisation's service grant keys."""
+    sweeper: Sweeper
+    """The registry's periodic time-based transitions."""
+    broker: BrokerRole
+    """Agents' control streams held by this process."""
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Finish in-flight calls (up to `grace_s`), then close the database."""
-        await self.server.stop(grace_s)
+        """Stop background work, finish in-flight calls (up to `grace_s`), close the database."""
+        await self.sweeper.stop()
+        # Refuse new calls first, so that agents told to leave cannot reconnect to this process
+        # (and hold it up for the whole grace period); then tell connected agents to go.
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        await asyncio.sleep(0)
+        await self.broker.shutdown()
+        await stopping
         await self.database.close()
 
 
@@ -49,21 +77,44 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls = ensure_server_tls(config.data_dir / "tls", config.server.tls_hosts)
     database = Database(config.database)
-    # Alembic runs synchronously; keep it off the event loop.
-    await asyncio.to_thread(database.migrate, [AUTH_MIGRATIONS])
+    # Alembic and key files are synchronous; keep them off the event loop.
+    migrations = [AUTH_MIGRATIONS, AUDIT_MIGRATIONS, REGISTRY_MIGRATIONS]
+    await asyncio.to_thread(database.migrate, migrations)
+    grant_keys = await asyncio.to_thread(GrantKeyring.load_or_create, config.data_dir / "keys")
     tokens = PkTokenVerifier(config.auth.idp, HttpJwksSource())
     auth = AuthService(config.auth, AuthStore(database), tokens)
-    server = grpc.aio.server(interceptors=[SessionInterceptor(auth, AUTH_ACCESS)])
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    credentials = grpc.ssl_server_credentials(
-        [(tls.server_key.read_bytes(), tls.server_cert.read_bytes())]
+    audit = AuditLog(AuditStore(database))
+    registry = Registry(RegistryStore(database), audit, config.registry)
+    access = {**AUTH_ACCESS, **AUDIT_ACCESS, **REGISTRY_ACCESS, **BROKER_ACCESS}
+    server = grpc.aio.server(
+        interceptors=[SessionInterceptor(auth, access)], options=BROKER_SERVER_OPTIONS
     )
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
+        RegistryServicer(registry, auth, grant_keys.public_keys, config.auth.idp), server
+    )
+    broker_id = await asyncio.to_thread(load_or_create_broker_id, config.data_dir / "broker-id")
+    broker = BrokerRole(
+        BrokerConfig(
+            broker_id=broker_id,
+            region=config.broker.region,
+            keepalive_interval_s=config.broker.keepalive_interval_s,
+        ),
+        registry,
+    )
+    broker.add_to_server(server)
+    # The chain includes the CA, so agents can pin it by fingerprint on first contact.
+    credentials = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_chain())])
     address = f"{config.server.host}:{config.server.port}"
     if ":" in config.server.host:
         address = f"[{config.server.host}]:{config.server.port}"
     port = server.add_secure_port(address, credentials)
     await server.start()
-    return RunningServer(server, port, tls, database)
+    sweeper = Sweeper(registry)
+    sweeper.start()
+    broker.start()
+    return RunningServer(server, port, tls, database, registry, audit, grant_keys, sweeper, broker)
 
 
 async def serve_until_stopped(

@@ -1,8 +1,14 @@
-"""zli's connection to the service: TLS channel, session token, and silent session refresh."""
+"""zli's connection to the service: TLS channel, and who zli calls as.
+
+zli calls either as the logged-in user (the session token, refreshed silently) or, for scripts
+and CI, as a service account whose API key is in `$MRZAP_API_KEY` (no login, no MFA).
+"""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +19,27 @@ import grpc
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from bastion.auth.v1 import auth_service_pb2_grpc as auth_grpc
 from bastion.mrzap.v1 import mrzap_pb2
-from mrzap.errors import InvalidArgument, MrzapError, from_rpc_error
+from bastion.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from mrzap.errors import InvalidArgument, MrzapError, Unauthenticated, from_rpc_error
 from mrzap.keys import public_key_bytes
 from mrzap.login_proof import sign_login_proof
 
 from ._oidc import OidcClient
 from ._state import LoginState, StateDir
 
-__all__ = ["ServiceClient", "call", "open_channel"]
+__all__ = [
+    "API_KEY_ENV",
+    "ApiKeyClient",
+    "Client",
+    "ServiceClient",
+    "anonymous",
+    "call",
+    "connect",
+    "open_channel",
+]
+
+#: The environment variable that makes zli call with an API key instead of a login session.
+API_KEY_ENV = "MRZAP_API_KEY"
 
 _T = TypeVar("_T")
 #: Refresh the session when it has less than this left.
@@ -48,8 +67,62 @@ def call(method: Callable[..., _T], request: object, token: str = "") -> _T:
         raise from_rpc_error(error) from None
 
 
+class Client(abc.ABC):
+    """Authenticated calls to the service's roles."""
+
+    channel: grpc.Channel
+
+    @property
+    @abc.abstractmethod
+    def server(self) -> str:
+        """The service address, host:port."""
+
+    @property
+    @abc.abstractmethod
+    def ca_file(self) -> str:
+        """The CA certificate zli trusts for the service; empty for the system's roots."""
+
+    @abc.abstractmethod
+    def call(self, method: Callable[..., _T], request: object) -> _T:
+        """Make one authenticated call."""
+
+    @property
+    def auth(self) -> auth_grpc.AuthServiceStub:
+        """The AuthService stub."""
+        return auth_grpc.AuthServiceStub(self.channel)
+
+    @property
+    def registry(self) -> registry_grpc.RegistryServiceStub:
+        """The RegistryService stub."""
+        return registry_grpc.RegistryServiceStub(self.channel)
+
+
 @dataclasses.dataclass
-class ServiceClient:
+class ApiKeyClient(Client):
+    """Calls the service as a service account, with an API key (or with none, if empty)."""
+
+    channel: grpc.Channel
+    api_key: str = dataclasses.field(repr=False)
+    address: str
+    ca_path: str
+
+    @property
+    def server(self) -> str:
+        """The service address, host:port."""
+        return self.address
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate zli trusts for the service; empty for the system's roots."""
+        return self.ca_path
+
+    def call(self, method: Callable[..., _T], request: object) -> _T:
+        """A call authenticated by the API key, if there is one."""
+        return call(method, request, self.api_key)
+
+
+@dataclasses.dataclass
+class ServiceClient(Client):
     """Calls the service as the logged-in user, refreshing the session when it runs low."""
 
     state_dir: StateDir
@@ -63,9 +136,14 @@ class ServiceClient:
         return cls(state_dir, state, open_channel(state.server, state.ca_file))
 
     @property
-    def auth(self) -> auth_grpc.AuthServiceStub:
-        """The AuthService stub."""
-        return auth_grpc.AuthServiceStub(self.channel)
+    def server(self) -> str:
+        """The service address the session belongs to."""
+        return self.state.server
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate zli trusts for the service; empty for the system's roots."""
+        return self.state.ca_file
 
     def call(self, method: Callable[..., _T], request: object) -> _T:
         """An authenticated call; refreshes the session first if it is about to expire."""
@@ -104,3 +182,51 @@ class ServiceClient:
             session_expires_at=response.session.expire_time.ToSeconds(),
         )
         self.state_dir.save(self.state)
+
+
+def connect(state_dir: StateDir, server: str = "", ca_file: str = "") -> Client:
+    """A client for `$MRZAP_API_KEY` if it is set, else for the saved login.
+
+    `server` and `ca_file` come from the command line. With an API key they (else
+    `$MRZAP_SERVER` and `$MRZAP_CA_FILE`, else the saved login's) say where to call. A session is
+    only ever sent to the server that issued it: naming another server on the command line is
+    refused rather than leaking the session token to it.
+    """
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if not api_key:
+        client = ServiceClient.from_state(state_dir)
+        if server and server != client.state.server:
+            raise InvalidArgument(
+                f"you are logged in to {client.state.server}, not {server}: "
+                f"run `zli login --server {server}`"
+            )
+        return client
+    if not api_key.startswith("mzk_"):
+        raise InvalidArgument(f"${API_KEY_ENV} does not hold an API key (they start with mzk_)")
+    address, ca_file = _address(state_dir, server, ca_file, f"${API_KEY_ENV}")
+    return ApiKeyClient(open_channel(address, ca_file), api_key, address, ca_file)
+
+
+def anonymous(state_dir: StateDir, server: str = "", ca_file: str = "") -> Client:
+    """A client that calls without credentials (for calls that carry their own secret)."""
+    address, ca_file = _address(state_dir, server, ca_file, "this command")
+    return ApiKeyClient(open_channel(address, ca_file), "", address, ca_file)
+
+
+def _address(state_dir: StateDir, server: str, ca_file: str, who: str) -> tuple[str, str]:
+    """Where to call without a login session: the command line, the environment, the saved login."""
+    saved = _saved_state(state_dir)
+    address = server or os.environ.get("MRZAP_SERVER", "") or (saved.server if saved else "")
+    if not address:
+        raise InvalidArgument(f"{who} needs the service's address: set $MRZAP_SERVER or --server")
+    ca_file = ca_file or os.environ.get("MRZAP_CA_FILE", "")
+    if not ca_file and saved is not None and saved.server == address:
+        ca_file = saved.ca_file
+    return address, ca_file
+
+
+def _saved_state(state_dir: StateDir) -> LoginState | None:
+    try:
+        return state_dir.load()
+    except Unauthenticated:
+        return None

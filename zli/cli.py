@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import click
 
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from mrzap import __version__, errors
 
+from ._agent import agent_group
 from ._client import ServiceClient
+from ._context import ZliContext, client, state_dir
+from ._environments import env_group
+from ._errors import EXIT_CODES, clear_errors
+from ._keys import keys_group
 from ._login import LoginOptions, login
-from ._state import StateDir
+from ._targets import targets_group
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-#: Exit codes by error class; anything else exits 1 (and usage errors 2, as click does).
-EXIT_CODES: dict[type[errors.MrzapError], int] = {
-    errors.Unauthenticated: 3,
-    errors.PermissionDenied: 4,
-    errors.NotFound: 5,
-    errors.Unavailable: 6,
-    errors.ResourceExhausted: 7,
-    errors.InvalidArgument: 8,
-    errors.FailedPrecondition: 9,
-}
-
-
-def _clear_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Print a MrzapError as one clear line and exit with its code, instead of a traceback."""
-
-    @functools.wraps(command)
-    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except errors.MrzapError as error:
-            click.echo(f"zli: {error.message}", err=True)
-            code = next((c for cls, c in EXIT_CODES.items() if isinstance(error, cls)), 1)
-            sys.exit(code)
-
-    return run
-
-
-def _state_dir(ctx: click.Context) -> StateDir:
-    path: Path | None = ctx.obj
-    return StateDir(path)
+__all__ = ["EXIT_CODES", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,10 +29,26 @@ def _state_dir(ctx: click.Context) -> StateDir:
     envvar="MRZAP_CONFIG_DIR",
     help="Where zli keeps its session key and tokens (default ~/.config/mrzap).",
 )
+@click.option(
+    "--server",
+    default="",
+    metavar="HOST:PORT",
+    help="Without a login (an API key, a registration key): the service to call "
+    "(default $MRZAP_SERVER). A login remembers its own.",
+)
+@click.option(
+    "--ca-file",
+    default="",
+    help="Without a login: the service's CA certificate (default $MRZAP_CA_FILE).",
+)
 @click.pass_context
-def main(ctx: click.Context, config_dir: Path | None) -> None:
-    """mrzap command-line client: log in, then reach targets through the service."""
-    ctx.obj = config_dir
+def main(ctx: click.Context, config_dir: Path | None, server: str, ca_file: str) -> None:
+    """mrzap command-line client: log in, then reach targets through the service.
+
+    Scripts and CI can call as a service account instead of logging in: put an API key
+    (`zli keys api create`) in $MRZAP_API_KEY and the service in $MRZAP_SERVER.
+    """
+    ctx.obj = ZliContext(config_dir, server, ca_file)
 
 
 @main.command("login")
@@ -83,7 +68,7 @@ def main(ctx: click.Context, config_dir: Path | None) -> None:
 @click.option("--no-browser", is_flag=True, help="Print the login URL instead of opening it.")
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the browser.")
 @click.pass_context
-@_clear_errors
+@clear_errors
 def login_command(
     ctx: click.Context, server: str, ca_file: str, no_browser: bool, timeout: int
 ) -> None:
@@ -91,7 +76,7 @@ def login_command(
     options = LoginOptions(server, ca_file, open_browser=not no_browser, timeout_s=timeout)
     state = login(
         options,
-        _state_dir(ctx),
+        state_dir(ctx),
         say=lambda text: click.echo(text),
         ask=lambda text: str(click.prompt(text, type=str)),
     )
@@ -100,27 +85,27 @@ def login_command(
 
 @main.command("logout")
 @click.pass_context
-@_clear_errors
+@clear_errors
 def logout_command(ctx: click.Context) -> None:
     """End the session and forget its key and tokens."""
-    state_dir = _state_dir(ctx)
+    saved = state_dir(ctx)
     try:
-        client = ServiceClient.from_state(state_dir)
-        client.call(client.auth.Logout, auth_pb.LogoutRequest())
+        session = ServiceClient.from_state(saved)
+        session.call(session.auth.Logout, auth_pb.LogoutRequest())
     except errors.Unauthenticated:
         pass  # already over on the service's side; forgetting it locally is all that is left
     finally:
-        state_dir.clear()
+        saved.clear()
     click.echo("Logged out.")
 
 
 @main.command("whoami")
 @click.pass_context
-@_clear_errors
+@clear_errors
 def whoami_command(ctx: click.Context) -> None:
     """Show who you are logged in as."""
-    client = ServiceClient.from_state(_state_dir(ctx))
-    answer = client.call(client.auth.WhoAmI, auth_pb.WhoAmIRequest())
+    service = client(ctx)
+    answer = service.call(service.auth.WhoAmI, auth_pb.WhoAmIRequest())
     user, session = answer.user, answer.session
     click.echo(f"email:    {user.email or '(not verified)'}")
     click.echo(f"user id:  {user.id}")
@@ -138,9 +123,13 @@ def mfa_group() -> None:
 @mfa_group.command("reset")
 @click.argument("user")
 @click.pass_context
-@_clear_errors
+@clear_errors
 def mfa_reset_command(ctx: click.Context, user: str) -> None:
     """Reset USER's MFA (id or email); they enrol again at their next login. Administrators only."""
-    client = ServiceClient.from_state(_state_dir(ctx))
-    answer = client.call(client.auth.ResetMfa, auth_pb.ResetMfaRequest(user=user))
+    service = client(ctx)
+    answer = service.call(service.auth.ResetMfa, auth_pb.ResetMfaRequest(user=user))
     click.echo(f"MFA reset for {answer.user.email or answer.user.id}; their sessions have ended.")
+
+
+for _group in (targets_group, env_group, keys_group, agent_group):
+    main.add_command(_group)

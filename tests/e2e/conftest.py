@@ -19,7 +19,9 @@ from mrzap.process import ChildProcess
 
 BIN = Path(sys.executable).parent
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "olivia", "oscar")
+#: Users in the IdP group the service makes administrators.
+ADMINS = ("alice", "olivia")
 
 
 @dataclasses.dataclass
@@ -42,7 +44,7 @@ def _idp_config(path: Path, token_lifetime_s: int) -> None:
     users = "".join(
         f'\n[[users]]\nusername = "{name}"\npassword_hash = "{hash_password(PASSWORD)}"\n'
         f'email = "{name}@example.com"\nemail_verified = true\n'
-        f"groups = {['mrzap-admins'] if name == 'alice' else ['developers']!r}\n"
+        f"groups = {['mrzap-admins'] if name in ADMINS else ['developers']!r}\n"
         for name in USERS
     )
     path.write_text(
@@ -60,8 +62,14 @@ def start_cluster(
     token_lifetime_s: int = 600,
     max_session_age: str = "12h",
     database: str | None = None,
+    port: int = 0,
+    extra_config: str = "",
 ) -> tuple[Cluster, list[ChildProcess]]:
-    """Start the IdP and the service under `root`; returns the cluster and its processes."""
+    """Start the IdP and the service under `root`; returns the cluster and its processes.
+
+    `port` 0 picks a free port; a fixed one lets a test restart the service where agents expect
+    it. `extra_config` is appended to mrzapd.toml (e.g. `[broker]` or `[registry]` tables).
+    """
     root.mkdir(parents=True, exist_ok=True)
     _idp_config(root / "idp.toml", token_lifetime_s)
     idp = ChildProcess([str(BIN / "mrzapd"), "idp", "--config", str(root / "idp.toml")])
@@ -69,10 +77,10 @@ def start_cluster(
     try:
         issuer = idp.wait_for(r"listening on (http://\S+)").group(1)
         (root / "mrzapd.toml").write_text(
-            '[server]\nlisten = "127.0.0.1:0"\n\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\n\n'
             f'[org]\nmax_session_age = "{max_session_age}"\n\n'
             f'[idp]\nissuer = "{issuer}"\nclient_id = "zli"\n\n'
-            '[admins]\ngroups = ["mrzap-admins"]\n'
+            '[admins]\ngroups = ["mrzap-admins"]\n' + extra_config
         )
         data = root / "data"
         service = ChildProcess(
@@ -87,12 +95,12 @@ def start_cluster(
             ]
         )
         processes.append(service)
-        port = service.wait_for(r"mrzapd listening on 127\.0\.0\.1:(\d+)").group(1)
+        bound = service.wait_for(r"mrzapd listening on 127\.0\.0\.1:(\d+)").group(1)
     except BaseException:
         for process in processes:
             process.stop()
         raise
-    return Cluster(root, issuer, f"127.0.0.1:{port}", data / "tls" / "ca.crt"), processes
+    return Cluster(root, issuer, f"127.0.0.1:{bound}", data / "tls" / "ca.crt"), processes
 
 
 @pytest.fixture(scope="package")

@@ -88,6 +88,7 @@ class SubjectSelector(_message.Message):
 
     USER_EMAILS_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    API_KEY_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def user_emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Users by verified email address."""
@@ -96,15 +97,20 @@ class SubjectSelector(_message.Message):
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Users in any of these identity provider groups."""
 
+    @_builtins.property
+    def api_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Service accounts by API key id (`mzk_…`, the public part of the key)."""
+
     def __init__(
         self,
         *,
         user_emails: _abc.Iterable[_builtins.str] | None = ...,
         groups: _abc.Iterable[_builtins.str] | None = ...,
+        api_key_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "user_emails", b"user_emails"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_ids", b"api_key_ids", "groups", b"groups", "user_emails", b"user_emails"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,21 +378,27 @@ class OrganizationControlsPolicy(_message.Message):
 
     MFA_REQUIRED_FIELD_NUMBER: _builtins.int
     MFA_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_SESSION_TTL_FIELD_NUMBER: _builtins.int
     mfa_required: _builtins.bool
     """Whether sessions need a TOTP code before they can be used."""
     @_builtins.property
     def mfa_window(self) -> _duration_pb2.Duration:
         """How long an MFA verification counts as recent; grants need a recent one."""
 
+    @_builtins.property
+    def max_session_ttl(self) -> _duration_pb2.Duration:
+        """The longest any connection may last, whatever other policies allow; zero means no limit."""
+
     def __init__(
         self,
         *,
         mfa_required: _builtins.bool = ...,
         mfa_window: _duration_pb2.Duration | None = ...,
+        max_session_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["mfa_window", b"mfa_window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_session_ttl", b"max_session_ttl", "mfa_window", b"mfa_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa_required", b"mfa_required", "mfa_window", b"mfa_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_session_ttl", b"max_session_ttl", "mfa_required", b"mfa_required", "mfa_window", b"mfa_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -428,6 +440,7 @@ class Policy(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     TARGET_CONNECT_FIELD_NUMBER: _builtins.int
     KUBERNETES_FIELD_NUMBER: _builtins.int
     PROXY_FIELD_NUMBER: _builtins.int
@@ -441,6 +454,10 @@ class Policy(_message.Message):
     """A unique, human-readable name."""
     description: _builtins.str
     """What the policy is for."""
+    version: _builtins.int
+    """The version of the policy: 1 when created, one more with each update; set by the service.
+    Every version is kept, so an earlier one can be read back.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the policy was created; set by the service."""
@@ -485,6 +502,7 @@ class Policy(_message.Message):
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
         target_connect: Global___TargetConnectPolicy | None = ...,
         kubernetes: Global___KubernetesPolicy | None = ...,
         proxy: Global___ProxyPolicy | None = ...,
@@ -495,7 +513,7 @@ class Policy(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "just_in_time", b"just_in_time", "kubernetes", b"kubernetes", "organization_controls", b"organization_controls", "proxy", b"proxy", "rego", b"rego", "session_recording", b"session_recording", "spec", b"spec", "target_connect", b"target_connect", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "just_in_time", b"just_in_time", "kubernetes", b"kubernetes", "name", b"name", "organization_controls", b"organization_controls", "proxy", b"proxy", "rego", b"rego", "session_recording", b"session_recording", "spec", b"spec", "target_connect", b"target_connect", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "just_in_time", b"just_in_time", "kubernetes", b"kubernetes", "name", b"name", "organization_controls", b"organization_controls", "proxy", b"proxy", "rego", b"rego", "session_recording", b"session_recording", "spec", b"spec", "target_connect", b"target_connect", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_spec: _TypeAlias = _typing.Literal["target_connect", "kubernetes", "proxy", "session_recording", "just_in_time", "organization_controls", "rego"]  # noqa: Y015
     _WhichOneofArgType_spec: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
@@ -904,16 +922,20 @@ class GetPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     """The id of the policy."""
+    version: _builtins.int
+    """An earlier version to read; 0 means the current one."""
     def __init__(
         self,
         *,
         policy_id: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_id", b"policy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_id", b"policy_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1575,3 +1597,83 @@ class ListAccessRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccessRequestsResponse: _TypeAlias = ListAccessRequestsResponse  # noqa: Y015
+
+@_typing.final
+class CheckPolicyRequest(_message.Message):
+    """CheckPolicyRequest holds the policy to validate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___Policy:
+        """The policy; id, times and version are ignored."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___Policy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPolicyRequest: _TypeAlias = CheckPolicyRequest  # noqa: Y015
+
+@_typing.final
+class RegoTestResult(_message.Message):
+    """RegoTestResult is the outcome of one `test_` rule of a custom Rego module."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name of the rule, such as `test_contractors_denied`."""
+    passed: _builtins.bool
+    """Whether the rule evaluated to true."""
+    message: _builtins.str
+    """Why it failed, when it did: the engine's message, or that it was false or undefined."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegoTestResult: _TypeAlias = RegoTestResult  # noqa: Y015
+
+@_typing.final
+class CheckPolicyResponse(_message.Message):
+    """CheckPolicyResponse says the policy is valid and, for custom Rego, how its tests went; an
+    invalid policy is an INVALID_ARGUMENT error with the engine's message instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def test_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegoTestResult]:
+        """One result per `test_` rule of a custom Rego module, in name order; empty for typed policies."""
+
+    def __init__(
+        self,
+        *,
+        test_results: _abc.Iterable[Global___RegoTestResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["test_results", b"test_results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPolicyResponse: _TypeAlias = CheckPolicyResponse  # noqa: Y015

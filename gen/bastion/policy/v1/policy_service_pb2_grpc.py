@@ -106,6 +106,11 @@ class PolicyServiceStub:
                 request_serializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsRequest.SerializeToString,
                 response_deserializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsResponse.FromString,
                 _registered_method=True)
+        self.CheckPolicy = channel.unary_unary(
+                '/bastion.policy.v1.PolicyService/CheckPolicy',
+                request_serializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyRequest.SerializeToString,
+                response_deserializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -215,6 +220,14 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckPolicy(self, request, context):
+        """CheckPolicy validates a policy without storing it; for custom Rego it compiles the module on
+        the service's engine and runs its `test_` rules; administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +300,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.ListAccessRequests,
                     request_deserializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsRequest.FromString,
                     response_serializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsResponse.SerializeToString,
+            ),
+            'CheckPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPolicy,
+                    request_deserializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyRequest.FromString,
+                    response_serializer=bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -669,6 +687,33 @@ class PolicyService:
             '/bastion.policy.v1.PolicyService/ListAccessRequests',
             bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsRequest.SerializeToString,
             bastion_dot_policy_dot_v1_dot_policy__service__pb2.ListAccessRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.policy.v1.PolicyService/CheckPolicy',
+            bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyRequest.SerializeToString,
+            bastion_dot_policy_dot_v1_dot_policy__service__pb2.CheckPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,10 @@ class PolicyServiceStub:
     """DenyAccess denies a pending access request; only an approver named by its policy may call it."""
     ListAccessRequests: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.ListAccessRequestsRequest, _policy_service_pb2.ListAccessRequestsResponse]
     """ListAccessRequests lists access requests: the caller's own, and those the caller may decide."""
+    CheckPolicy: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.CheckPolicyRequest, _policy_service_pb2.CheckPolicyResponse]
+    """CheckPolicy validates a policy without storing it; for custom Rego it compiles the module on
+    the service's engine and runs its `test_` rules; administrators only.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -115,6 +119,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """DenyAccess denies a pending access request; only an approver named by its policy may call it."""
     ListAccessRequests: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.ListAccessRequestsRequest, _policy_service_pb2.ListAccessRequestsResponse]  # type: ignore[assignment]
     """ListAccessRequests lists access requests: the caller's own, and those the caller may decide."""
+    CheckPolicy: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.CheckPolicyRequest, _policy_service_pb2.CheckPolicyResponse]  # type: ignore[assignment]
+    """CheckPolicy validates a policy without storing it; for custom Rego it compiles the module on
+    the service's engine and runs its `test_` rules; administrators only.
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """PolicyService stores the organisation's policies, decides every access request, and is the only
@@ -239,5 +247,15 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_service_pb2.ListAccessRequestsResponse, _abc.Awaitable[_policy_service_pb2.ListAccessRequestsResponse]]:
         """ListAccessRequests lists access requests: the caller's own, and those the caller may decide."""
+
+    @_abc_1.abstractmethod
+    def CheckPolicy(
+        self,
+        request: _policy_service_pb2.CheckPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_service_pb2.CheckPolicyResponse, _abc.Awaitable[_policy_service_pb2.CheckPolicyResponse]]:
+        """CheckPolicy validates a policy without storing it; for custom Rego it compiles the module on
+        the service's engine and runs its `test_` rules; administrators only.
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,9 +24,11 @@ class TargetDirectory(Protocol):
         REGISTERED, OFFLINE or TERMINATED), last_seen is now, the broker id is recorded;
         the transition is time-stamped in the state history and written to the audit log."""
 
-    async def agents_seen(self, target_ids: Collection[str], when: float) -> None:
+    async def agents_seen(self, target_ids: Collection[str], when: float) -> Collection[str]:
         """Keepalives arrived: set last_seen (Unix seconds) for all of them in one statement.
-        The broker calls it in batches (every few seconds), never once per keepalive."""
+        The broker calls it in batches (every few seconds), never once per keepalive. Returns
+        the ids among them that no longer exist (deleted targets): the broker ends their streams,
+        so a deletion takes effect within a keepalive interval on whichever broker holds them."""
 
     async def agent_disconnected(self, target_id: str, broker_id: str, reason: str) -> None:
         """The stream ended: an ONLINE target still routed to `broker_id` becomes OFFLINE

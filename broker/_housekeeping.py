@@ -93,17 +93,23 @@ class Housekeeper:
                 stream.send(probe)
 
     async def flush_seen(self) -> None:
-        """Write the targets heard from since the last flush, in one call."""
+        """Write the targets heard from since the last flush, in one call; end the streams of
+        those that were deleted meanwhile."""
         if not self._seen:
             return
         seen, self._seen = self._seen, set()
         try:
-            await self._directory.agents_seen(seen, self._clock.now())
+            gone = await self._directory.agents_seen(seen, self._clock.now())
         except Exception:
             # Keep them for the next flush: a missed last_seen would make a live target look
             # offline to the registry's sweep.
             self._seen |= seen
             _log.exception("could not record keepalives of %d agents; retrying", len(seen))
+            return
+        for target_id in gone:
+            stream = self._agents.get(target_id)
+            if stream is not None:
+                stream.close(pb.CONTROL_CLOSE_REASON_TARGET_DELETED, "the target was deleted")
 
     async def _run(self) -> None:
         tick = min(

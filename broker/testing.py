@@ -56,12 +56,13 @@ class MemoryDirectory:
         target = self.targets[target_id]
         target.state, target.broker_id = "ONLINE", broker_id
 
-    async def agents_seen(self, target_ids: Collection[str], when: float) -> None:
-        """Record one batch of keepalives."""
+    async def agents_seen(self, target_ids: Collection[str], when: float) -> set[str]:
+        """Record one batch of keepalives; the ids of unknown targets."""
         self.seen_batches.append((frozenset(target_ids), when))
         for target_id in target_ids:
             if target_id in self.targets:
                 self.targets[target_id].last_seen = when
+        return set(target_ids) - self.targets.keys()
 
     async def agent_disconnected(self, target_id: str, broker_id: str, reason: str) -> None:
         """The target goes OFFLINE if it is still routed to `broker_id`."""

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import grpc.aio
 
@@ -118,19 +119,23 @@ async def start_server(config: ServiceConfig) -> RunningServer:
 
 
 async def serve_until_stopped(
-    config: ServiceConfig, on_ready: Callable[[RunningServer], None] | None = None
+    config: ServiceConfig,
+    alongside: Callable[[RunningServer], AbstractAsyncContextManager[object]] | None = None,
 ) -> None:
-    """Run the server until SIGINT or SIGTERM, then stop it cleanly."""
+    """Run the server until SIGINT or SIGTERM, then stop it cleanly.
+
+    `alongside` is entered once the server is up and left before it stops: what runs with the
+    service (the local agent of `mrzapd up`).
+    """
     running = await start_server(config)
     print(READY_LINE.format(host=config.server.host, port=running.port), flush=True)
-    if on_ready is not None:
-        on_ready(running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        async with alongside(running) if alongside else contextlib.nullcontext():
+            await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):

@@ -2,16 +2,18 @@
 
 It keeps everything in one data directory: a development IdP configuration with two demo users
 (passwords generated on first run and kept in a 0600 file), the service configuration, TLS
-material and the SQLite database. The IdP runs as a child process, the service roles in this one;
-Ctrl-C stops both.
+material, the SQLite database and the local agent's registration. The IdP and the local agent run
+as child processes, the service roles in this one; Ctrl-C stops all three.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from idp import hash_password
@@ -19,6 +21,7 @@ from mrzap.keys import write_secret_file
 from mrzap.process import ChildProcess
 
 from ._config import ServiceConfig
+from ._local_agent import LocalAgent, local_agent
 from ._server import RunningServer, serve_until_stopped
 
 __all__ = ["run_up"]
@@ -67,7 +70,9 @@ def _service_config(data_dir: Path, port: int, idp_port: int) -> Path:
     return path
 
 
-def _banner(running: RunningServer, passwords: dict[str, str], issuer: str) -> str:
+def _banner(
+    running: RunningServer, passwords: dict[str, str], issuer: str, agent: LocalAgent
+) -> str:
     users = "\n".join(
         f"      {user:<6} password {password}" for user, password in passwords.items()
     )
@@ -75,12 +80,15 @@ def _banner(running: RunningServer, passwords: dict[str, str], issuer: str) -> s
 mrzap is up.
   service       127.0.0.1:{running.port} (TLS; CA certificate {running.tls.ca_cert})
   dev IdP       {issuer}
+  local agent   target "{agent.name}" (log {agent.directory / "agent.log"})
   demo users (alice is an administrator):
 {users}
 
 Log in (a browser opens; add --no-browser to get the URL instead):
   .venv/bin/zli login --server 127.0.0.1:{running.port} --ca-file {running.tls.ca_cert}
   .venv/bin/zli whoami
+  .venv/bin/zli targets list            # "{agent.name}" is this machine, online
+  .venv/bin/zli agent install-command   # how to add another machine
 
 Press Ctrl-C to stop everything.
 """
@@ -109,10 +117,13 @@ def run_up(data_dir: Path, port: int, idp_port: int, database: str | None = None
     )
     try:
         issuer = idp.wait_for(r"listening on (http://\S+)").group(1)
-        asyncio.run(
-            serve_until_stopped(
-                config, lambda running: print(_banner(running, passwords, issuer), flush=True)
-            )
-        )
+
+        @contextlib.asynccontextmanager
+        async def alongside(running: RunningServer) -> AsyncIterator[None]:
+            async with local_agent(running, data_dir) as agent:
+                print(_banner(running, passwords, issuer, agent), flush=True)
+                yield
+
+        asyncio.run(serve_until_stopped(config, alongside))
     finally:
         idp.stop()

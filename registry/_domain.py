@@ -619,11 +619,12 @@ class Registry:
                 session=s,
             )
 
-    async def agents_seen(self, target_ids: Collection[str], when: float) -> None:
-        """Keepalives arrived: set last_seen (Unix seconds) for all of them in one statement."""
+    async def agents_seen(self, target_ids: Collection[str], when: float) -> set[str]:
+        """Keepalives arrived: set last_seen (Unix seconds) for all of them in one statement.
+        Returns the ids among them that no longer exist: deleted targets."""
         ids = [target_id for target_id in target_ids if is_uuid(target_id)]
-        if ids:
-            await self._store.mark_seen(ids, when)
+        existing = await self._store.mark_seen(ids, when) if ids else set()
+        return set(target_ids) - existing
 
     async def agent_disconnected(self, target_id: str, broker_id: str, reason: str) -> None:
         """The stream ended: an ONLINE target still routed to `broker_id` becomes OFFLINE; a

@@ -556,14 +556,16 @@ class RegistryStore:
             query = query.where(_TargetRow.state == only_in.name)
         return _rowcount(await s.execute(query)) == 1
 
-    async def mark_seen(self, target_ids: Collection[str], when: float) -> None:
-        """Set last_seen for all these targets in one statement."""
+    async def mark_seen(self, target_ids: Collection[str], when: float) -> set[str]:
+        """Set last_seen for all these targets in one statement; the ids of those that exist."""
         async with self.transaction() as s:
-            await s.execute(
+            found = await s.execute(
                 update(_TargetRow)
                 .where(_TargetRow.id.in_(sorted(target_ids)))
                 .values(last_seen_at=when)
+                .returning(_TargetRow.id)
             )
+            return set(found.scalars())
 
     async def silent_targets(self, last_seen_by: float) -> list[str]:
         """ONLINE targets last heard from at or before `last_seen_by`."""

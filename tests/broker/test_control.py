@@ -92,6 +92,25 @@ async def test_broker_probes_and_batches_last_seen(
 
 
 @pytest.mark.asyncio
+async def test_deleted_targets_stream_ends_at_the_next_flush(
+    broker: MemoryBroker, channel: grpc.aio.Channel, register: Register
+) -> None:
+    """Deleting a target in the registry ends its live stream: its key no longer counts."""
+    agent = register()
+    stream = RawStream(channel)
+    await stream.authenticate(agent)
+    del broker.directory.targets[agent.target_id]
+    deadline = asyncio.get_running_loop().time() + 5.0
+    message = await stream.read(timeout_s=2.0)
+    while message.WhichOneof("frame") != "close":  # keep answering probes until the close
+        assert asyncio.get_running_loop().time() < deadline, "the stream was not ended"
+        await stream.send(pb.ControlRequest(keepalive=pb.Keepalive()))
+        message = await stream.read(timeout_s=2.0)
+    assert message.close.reason == pb.CONTROL_CLOSE_REASON_TARGET_DELETED
+    assert message.close.message == "the target was deleted"
+
+
+@pytest.mark.asyncio
 async def test_silent_agent_is_ended_after_three_intervals(
     broker: MemoryBroker, channel: grpc.aio.Channel, register: Register
 ) -> None:

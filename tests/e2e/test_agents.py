@@ -250,6 +250,19 @@ def test_terminated_target_comes_back_online(org: Org, tmp_path: Path) -> None:
         agent.stop()
 
 
+def test_deleting_a_running_target_ends_its_agent(org: Org, tmp_path: Path) -> None:
+    config_dir = registered_agent(org, tmp_path, "web-5")
+    agent = run_agent(config_dir)
+    try:
+        agent.wait_for(ONLINE_LINE)
+        org.zli("targets", "delete", "web-5", "--yes")
+        # Told at its next keepalive, the agent stops for good: restarting it cannot help.
+        assert agent.wait(timeout_s=15) == 78, agent.output
+        assert "the target was deleted" in agent.output
+    finally:
+        agent.stop()
+
+
 def test_agent_with_an_unknown_key_is_refused(org: Org, tmp_path: Path) -> None:
     config_dir = registered_agent(org, tmp_path, "web-4")
     impostor = tmp_path / "impostor"

@@ -68,10 +68,14 @@ async def test_a_connected_agent_is_online_on_its_broker(org: Org) -> None:
 async def test_keepalives_update_last_seen_in_one_call(org: Org) -> None:
     first = await online(org, "a")
     second = await online(org, "b")
-    await org.registry.agents_seen({first, second, "not-a-uuid", str(uuid.uuid4())}, START + 42)
+    unknown = str(uuid.uuid4())
+    gone = await org.registry.agents_seen({first, second, "not-a-uuid", unknown}, START + 42)
+    assert gone == {"not-a-uuid", unknown}  # the broker ends the streams of these
     for target_id in (first, second):
         assert (await org.registry.get_target(target_id)).last_seen_at == START + 42
-    await org.registry.agents_seen([], START + 50)
+    assert await org.registry.agents_seen([], START + 50) == set()
+    await org.registry.delete_target(second)
+    assert await org.registry.agents_seen([first, second], START + 60) == {second}
 
 
 @pytest.mark.asyncio

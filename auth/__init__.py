@@ -22,13 +22,20 @@ from ._api_keys import API_KEY_PREFIX, ApiKeyService, looks_like_api_key
 from ._caller import Caller
 from ._config import AuthConfig, OrgControls
 from ._domain import AuthService, LoginResult, SessionInfo
-from ._interceptor import Access, SessionInterceptor, current_caller, current_session
+from ._interceptor import (
+    ONLY_ADMINISTRATORS,
+    Access,
+    SessionInterceptor,
+    current_caller,
+    current_session,
+)
 from ._migrations import MIGRATIONS
 from ._store import AuthStore, Session, User
 
 __all__ = [
     "API_KEY_PREFIX",
     "MIGRATIONS",
+    "ONLY_ADMINISTRATORS",
     "Access",
     "ApiKey",
     "ApiKeyService",

@@ -4,6 +4,9 @@ A method missing from the classification is refused (fail closed). USER and ADMI
 a user's session (after MFA) or a service account's API key; the login methods (MFA, refresh,
 logout, whoami) need a session. Servicers read who called with `current_caller()`, or
 `current_session()` where only a person's session makes sense.
+
+The service runs it inside `policy.AuthorizationInterceptor`, which uses `classify` and
+`authenticate` and then has the policy engine decide, and the audit log record, every call.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from ._api_keys import looks_like_api_key
 from ._caller import Caller
 from ._domain import AuthService, SessionInfo
 
-__all__ = ["Access", "SessionInterceptor", "current_caller", "current_session"]
+__all__ = [
+    "ONLY_ADMINISTRATORS",
+    "Access",
+    "SessionInterceptor",
+    "current_caller",
+    "current_session",
+]
 
 
 class Access(enum.Enum):
@@ -50,6 +59,9 @@ class Access(enum.Enum):
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
     "mrzap_caller", default=None
 )
+
+#: The refusal of an ADMIN method to anyone else.
+ONLY_ADMINISTRATORS = "only administrators may do this"
 
 _NEEDS_SESSION = "this call needs a user's login session (`zli login`); API keys cannot make it"
 
@@ -79,11 +91,31 @@ class SessionInterceptor(GuardInterceptor):
 
     async def guard(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Refuse the call unless the caller may make it; remember the caller for the servicer."""
+        await self.authenticate(method, context)
+
+    def classify(self, method: str) -> Access:
+        """The method's access class; PermissionDenied for a method nobody classified."""
         access = self._access.get(method)
         if access is None:
             raise PermissionDenied(f"{method} is not open to any caller")
+        return access
+
+    async def authenticate(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        check_admin: bool = True,
+    ) -> Caller | None:
+        """Check the caller against the method's access class and remember them for the servicer.
+
+        Returns the caller, or None for PUBLIC and AGENT methods, which carry their own
+        credential (or none) inside the call. `check_admin=False` leaves the administrator check
+        of ADMIN methods to the caller (the policy decision, which records why it refused).
+        """
+        access = self.classify(method)
         if access in (Access.PUBLIC, Access.AGENT):
-            return
+            return None
         token = bearer_token(context)
         if not token:
             raise Unauthenticated("not logged in: run `zli login`")
@@ -98,6 +130,7 @@ class SessionInterceptor(GuardInterceptor):
                 allow_expired=access is Access.REFRESH,
             )
             caller = Caller.of_session(info)
-        if access is Access.ADMIN and not caller.is_admin:
-            raise PermissionDenied("only administrators may do this")
+        if check_admin and access is Access.ADMIN and not caller.is_admin:
+            raise PermissionDenied(ONLY_ADMINISTRATORS)
         _caller.set(caller)
+        return caller

@@ -32,6 +32,10 @@ Example (every key is optional except `[idp]` `issuer` and `client_id`):
     region = ""                         # the region targets connected here are pinned to
     keepalive_interval = "20s"          # how often an idle agent stream exchanges keepalives
 
+    [policy]
+    engine = "embedded"                 # "embedded" (regopy), "opa" (the real OPA engine, needs
+                                        # opa-golib-python-bindings) or "opa+http://HOST:PORT"
+
     [registry]
     activation_token_lifetime = "10m"   # how long an activation token can register a target
     offline_timeout = "60s"             # an ONLINE target silent this long becomes OFFLINE
@@ -53,7 +57,13 @@ from mrzap.errors import InvalidArgument
 from mrzap.storage import sqlite_url
 from registry import RegistryConfig
 
-__all__ = ["BrokerSettings", "ServerConfig", "ServiceConfig", "parse_duration"]
+__all__ = [
+    "BrokerSettings",
+    "PolicySettings",
+    "ServerConfig",
+    "ServiceConfig",
+    "parse_duration",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -116,6 +126,35 @@ class BrokerSettings:
         )
 
 
+_ENGINE_SPEC = re.compile(r"^(embedded|opa|opa\+https?://[^\s/]+(:\d+)?/?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySettings:
+    """The `[policy]` section: which engine decides."""
+
+    engine: str = "embedded"
+    """`embedded` (regopy, in process), `opa` (the real OPA engine, in process) or
+    `opa+http://HOST:PORT` (an OPA server)."""
+
+    def __post_init__(self) -> None:
+        if not _ENGINE_SPEC.match(self.engine):
+            raise InvalidArgument(
+                f"policy engine {self.engine!r} is not one of embedded, opa, opa+http://HOST:PORT"
+            )
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> PolicySettings:
+        """Validate the `[policy]` table."""
+        unknown = set(table) - {"engine"}
+        if unknown:
+            raise InvalidArgument(f"unknown keys in [policy]: {sorted(unknown)}")
+        engine = table.get("engine", "embedded")
+        if not isinstance(engine, str):
+            raise InvalidArgument("policy.engine must be a string")
+        return cls(engine=engine)
+
+
 _REGISTRY_KEYS = {
     "activation_token_lifetime": "activation_token_lifetime_s",
     "offline_timeout": "offline_timeout_s",
@@ -159,6 +198,9 @@ class ServiceConfig:
     registry: RegistryConfig = dataclasses.field(default_factory=RegistryConfig)
     """The registry role: activation token lifetime and the lifecycle's timeouts."""
 
+    policy: PolicySettings = PolicySettings()
+    """The policy role: the engine that decides."""
+
     @classmethod
     def from_toml(cls, path: Path, data_dir: Path) -> ServiceConfig:
         """Read and validate a configuration file; errors name the file and the key."""
@@ -176,7 +218,7 @@ class ServiceConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], data_dir: Path) -> ServiceConfig:
         """Validate configuration given as a dictionary (the parsed TOML)."""
-        known = {"server", "storage", "org", "idp", "admins", "broker", "registry"}
+        known = {"server", "storage", "org", "idp", "admins", "broker", "registry", "policy"}
         unknown = set(raw) - known
         if unknown:
             raise InvalidArgument(f"unknown sections {sorted(unknown)}; known: {sorted(known)}")
@@ -227,6 +269,7 @@ class ServiceConfig:
             auth=auth,
             broker=BrokerSettings.from_table(_table(raw, "broker")),
             registry=_registry_config(_table(raw, "registry")),
+            policy=PolicySettings.from_table(_table(raw, "policy")),
         )
 
 

@@ -11,29 +11,40 @@ from contextlib import AbstractAsyncContextManager
 
 import grpc.aio
 
-from audit import ACCESS as AUDIT_ACCESS
 from audit import MIGRATIONS as AUDIT_MIGRATIONS
 from audit import AuditLog, AuditServicer, AuditStore
 from auth import MIGRATIONS as AUTH_MIGRATIONS
-from auth import AuthService, AuthStore
-from auth._interceptor import SessionInterceptor
-from auth._servicer import ACCESS as AUTH_ACCESS
+from auth import AuthService, AuthStore, SessionInterceptor
 from auth._servicer import AuthServicer
 from bastion.audit.v1 import audit_service_pb2_grpc
 from bastion.auth.v1 import auth_service_pb2_grpc
+from bastion.policy.v1 import policy_service_pb2_grpc
 from bastion.registry.v1 import registry_service_pb2_grpc
-from broker import ACCESS as BROKER_ACCESS
 from broker import SERVER_OPTIONS as BROKER_SERVER_OPTIONS
 from broker import BrokerConfig, BrokerRole, load_or_create_broker_id
+from mrzap.clock import SystemClock
 from mrzap.jwks import HttpJwksSource
 from mrzap.pktoken import PkTokenVerifier
 from mrzap.storage import Database
 from mrzap.tls import TlsFiles, ensure_server_tls
-from policy import GrantKeyring
-from registry import ACCESS as REGISTRY_ACCESS
+from policy import MIGRATIONS as POLICY_MIGRATIONS
+from policy import (
+    AccessRequests,
+    AccessRequestStore,
+    AuthorizationInterceptor,
+    GrantKeyring,
+    LocalGrantIssuer,
+    PolicyDecider,
+    PolicyServicer,
+    PolicyStore,
+    ServiceCredential,
+    UserLookup,
+    engine_from_spec,
+)
 from registry import MIGRATIONS as REGISTRY_MIGRATIONS
 from registry import Registry, RegistryServicer, RegistryStore, Sweeper
 
+from ._access import ACCESS
 from ._config import ServiceConfig
 
 __all__ = ["RunningServer", "serve_until_stopped", "start_server"]
@@ -60,6 +71,16 @@ class RunningServer:
     """The registry's periodic time-based transitions."""
     broker: BrokerRole
     """Agents' control streams held by this process."""
+    policies: PolicyStore
+    """The organisation's policies, every version."""
+    decider: PolicyDecider
+    """Decides every RPC and every connection request."""
+    access_requests: AccessRequests
+    """Just-in-time access requests."""
+    grants: LocalGrantIssuer
+    """Signs grants for allowed connection requests, and revocations."""
+    service_credential: ServiceCredential
+    """What other roles present to call the policy role's service-only methods."""
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop background work, finish in-flight calls (up to `grace_s`), close the database."""
@@ -70,6 +91,7 @@ class RunningServer:
         await asyncio.sleep(0)
         await self.broker.shutdown()
         await stopping
+        await self.decider.close()
         await self.database.close()
 
 
@@ -79,21 +101,53 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     tls = ensure_server_tls(config.data_dir / "tls", config.server.tls_hosts)
     database = Database(config.database)
     # Alembic and key files are synchronous; keep them off the event loop.
-    migrations = [AUTH_MIGRATIONS, AUDIT_MIGRATIONS, REGISTRY_MIGRATIONS]
+    migrations = [AUTH_MIGRATIONS, AUDIT_MIGRATIONS, REGISTRY_MIGRATIONS, POLICY_MIGRATIONS]
     await asyncio.to_thread(database.migrate, migrations)
     grant_keys = await asyncio.to_thread(GrantKeyring.load_or_create, config.data_dir / "keys")
+    credential = await asyncio.to_thread(ServiceCredential.load_or_create, config.data_dir)
     tokens = PkTokenVerifier(config.auth.idp, HttpJwksSource())
-    auth = AuthService(config.auth, AuthStore(database), tokens)
+    auth_store = AuthStore(database)
+    auth = AuthService(config.auth, auth_store, tokens)
     audit = AuditLog(AuditStore(database))
     registry = Registry(RegistryStore(database), audit, config.registry)
-    access = {**AUTH_ACCESS, **AUDIT_ACCESS, **REGISTRY_ACCESS, **BROKER_ACCESS}
-    server = grpc.aio.server(
-        interceptors=[SessionInterceptor(auth, access)], options=BROKER_SERVER_OPTIONS
+    policies = PolicyStore(database)
+
+    async def reload_decider() -> None:
+        await decider.reload()
+
+    access_requests = AccessRequests(
+        AccessRequestStore(database), policies, audit, on_change=reload_decider
     )
+    decider = PolicyDecider(
+        policies,
+        engine_from_spec(config.policy.engine),
+        SystemClock(),
+        access_requests.active_access,
+    )
+    await decider.start()
+    grants = LocalGrantIssuer(decider, grant_keys, registry, registry.org_id, audit)
+    # One interceptor for every role: classify, authenticate, decide, audit.
+    interceptor = AuthorizationInterceptor(SessionInterceptor(auth, ACCESS), decider, audit)
+    server = grpc.aio.server(interceptors=[interceptor], options=BROKER_SERVER_OPTIONS)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, auth, grant_keys.public_keys, config.auth.idp), server
+    )
+    policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(
+        PolicyServicer(
+            store=policies,
+            decider=decider,
+            access_requests=access_requests,
+            grants=grants,
+            grant_keys=grant_keys,
+            targets=registry,
+            users=UserLookup(auth_store, config.auth),
+            audit=audit,
+            credential=credential,
+            access=ACCESS,
+        ),
+        server,
     )
     broker_id = await asyncio.to_thread(load_or_create_broker_id, config.data_dir / "broker-id")
     broker = BrokerRole(
@@ -115,7 +169,22 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     sweeper = Sweeper(registry)
     sweeper.start()
     broker.start()
-    return RunningServer(server, port, tls, database, registry, audit, grant_keys, sweeper, broker)
+    return RunningServer(
+        server,
+        port,
+        tls,
+        database,
+        registry,
+        audit,
+        grant_keys,
+        sweeper,
+        broker,
+        policies=policies,
+        decider=decider,
+        access_requests=access_requests,
+        grants=grants,
+        service_credential=credential,
+    )
 
 
 async def serve_until_stopped(

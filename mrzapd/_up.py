@@ -20,7 +20,7 @@ from idp import hash_password
 from mrzap.keys import write_secret_file
 from mrzap.process import ChildProcess
 
-from ._config import ServiceConfig
+from ._config import PolicySettings, ServiceConfig
 from ._local_agent import LocalAgent, local_agent
 from ._server import RunningServer, serve_until_stopped
 
@@ -94,7 +94,13 @@ Press Ctrl-C to stop everything.
 """
 
 
-def run_up(data_dir: Path, port: int, idp_port: int, database: str | None = None) -> None:
+def run_up(
+    data_dir: Path,
+    port: int,
+    idp_port: int,
+    database: str | None = None,
+    policy_engine: str | None = None,
+) -> None:
     """Start the development IdP and the service; run until interrupted."""
     data_dir = data_dir.resolve()
     idp_dir = data_dir / "idp"
@@ -104,6 +110,8 @@ def run_up(data_dir: Path, port: int, idp_port: int, database: str | None = None
     config = ServiceConfig.from_toml(_service_config(data_dir, port, idp_port), data_dir)
     if database:
         config = dataclasses.replace(config, database=database)
+    if policy_engine:
+        config = dataclasses.replace(config, policy=PolicySettings(policy_engine))
     idp = ChildProcess(
         [
             sys.executable,

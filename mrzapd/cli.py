@@ -13,7 +13,7 @@ from idp.cli import idp_command
 from mrzap import __version__
 from mrzap.errors import MrzapError
 
-from ._config import ServiceConfig
+from ._config import PolicySettings, ServiceConfig
 from ._server import serve_until_stopped
 from ._up import run_up
 
@@ -32,6 +32,13 @@ _DB_OPTION = click.option(
     "(default: [storage] database, else SQLite in the data directory).",
 )
 
+_POLICY_ENGINE_OPTION = click.option(
+    "--policy-engine",
+    metavar="ENGINE",
+    help="The policy engine: embedded (default), opa (the real OPA engine in process) or "
+    "opa+http://HOST:PORT (an OPA server) (default: [policy] engine).",
+)
+
 
 @main.command("serve")
 @click.option(
@@ -48,12 +55,17 @@ _DB_OPTION = click.option(
     help="Where keys, TLS material and the SQLite database live.",
 )
 @_DB_OPTION
-def serve_command(config_path: Path, data_dir: Path, database: str | None) -> None:
+@_POLICY_ENGINE_OPTION
+def serve_command(
+    config_path: Path, data_dir: Path, database: str | None, policy_engine: str | None
+) -> None:
     """Run the service roles with a configuration file."""
     try:
         config = ServiceConfig.from_toml(config_path, data_dir)
         if database:
             config = dataclasses.replace(config, database=database)
+        if policy_engine:
+            config = dataclasses.replace(config, policy=PolicySettings(policy_engine))
         asyncio.run(serve_until_stopped(config))
     except MrzapError as error:
         click.echo(f"mrzapd: {error.message}", err=True)
@@ -71,10 +83,13 @@ def serve_command(config_path: Path, data_dir: Path, database: str | None) -> No
 @click.option("--port", default=8443, show_default=True, help="The service's port.")
 @click.option("--idp-port", default=5556, show_default=True, help="The development IdP's port.")
 @_DB_OPTION
-def up_command(data_dir: Path, port: int, idp_port: int, database: str | None) -> None:
+@_POLICY_ENGINE_OPTION
+def up_command(
+    data_dir: Path, port: int, idp_port: int, database: str | None, policy_engine: str | None
+) -> None:
     """Start the embedded default: the service, a development IdP, SQLite, generated TLS."""
     try:
-        run_up(data_dir, port, idp_port, database)
+        run_up(data_dir, port, idp_port, database, policy_engine)
     except MrzapError as error:
         click.echo(f"mrzapd: {error.message}", err=True)
         sys.exit(1)

@@ -3,13 +3,59 @@
 Every RPC and every connection request is decided here; an allowed connection gets a grant signed
 with the organisation's service grant key (PROTOCOL.md section 4), which only this role holds.
 
-`GrantKeyring` holds those keys: loaded from the data directory (the first one is created on first
-start), the newest one signing; the registry hands their public halves (`GrantKey`) to agents at
-registration, and agents accept grants signed by no other key.
+Data flow:
+- Administrators write typed policies (and custom Rego) through `PolicyServicer`; each is
+  validated on the engine, stored as a new version by `PolicyStore`, audited, and the
+  `PolicyDecider` reloads (other processes notice the store's revision change).
+- `AuthorizationInterceptor` runs before every RPC of every role: it classifies the method,
+  authenticates the caller (auth's `SessionInterceptor`), asks the decider about the `ApiCall`,
+  and records one audit event, allowed or denied, with the decision id and reasons.
+- Connection requests go through a `GrantIssuer`: `LocalGrantIssuer` decides the `TargetAccess`
+  (the target's environment from the registry) and signs a grant only if allowed;
+  `RemoteGrantIssuer` is the broker's side when the roles run apart, authenticated with the
+  `ServiceCredential`, so the broker never holds a grant key.
+- `AccessRequests` handles just-in-time access: requests, approvals by the policy's approvers,
+  and access that ends by itself.
+
+`GrantKeyring` holds the grant keys: loaded from the data directory (the first one is created on
+first start), the newest one signing; the registry hands their public halves (`GrantKey`) to
+agents at registration, and agents accept grants signed by no other key.
 """
 
 from __future__ import annotations
 
+from ._access_request_store import AccessRequest, AccessRequestState, AccessRequestStore
+from ._access_requests import AccessRequests
+from ._authorize import AuthorizationInterceptor, principal_of
+from ._decider import PolicyDecider
+from ._engine import PolicyEngine, engine_from_spec
 from ._grant_keys import GrantKey, GrantKeyring
+from ._grants import GrantIssuer, IssuedGrant, LocalGrantIssuer, RemoteGrantIssuer
+from ._migrations import MIGRATIONS
+from ._service_credential import ServiceCredential
+from ._servicer import ACCESS, PolicyServicer, UserLookup
+from ._store import PolicyStore
 
-__all__ = ["GrantKey", "GrantKeyring"]
+__all__ = [
+    "ACCESS",
+    "MIGRATIONS",
+    "AccessRequest",
+    "AccessRequestState",
+    "AccessRequestStore",
+    "AccessRequests",
+    "AuthorizationInterceptor",
+    "GrantIssuer",
+    "GrantKey",
+    "GrantKeyring",
+    "IssuedGrant",
+    "LocalGrantIssuer",
+    "PolicyDecider",
+    "PolicyEngine",
+    "PolicyServicer",
+    "PolicyStore",
+    "RemoteGrantIssuer",
+    "ServiceCredential",
+    "UserLookup",
+    "engine_from_spec",
+    "principal_of",
+]

@@ -19,6 +19,7 @@ import grpc
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from bastion.auth.v1 import auth_service_pb2_grpc as auth_grpc
 from bastion.mrzap.v1 import mrzap_pb2
+from bastion.policy.v1 import policy_service_pb2_grpc as policy_grpc
 from bastion.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from mrzap.errors import InvalidArgument, MrzapError, Unauthenticated, from_rpc_error
 from mrzap.keys import public_key_bytes
@@ -95,6 +96,11 @@ class Client(abc.ABC):
     def registry(self) -> registry_grpc.RegistryServiceStub:
         """The RegistryService stub."""
         return registry_grpc.RegistryServiceStub(self.channel)
+
+    @property
+    def policy(self) -> policy_grpc.PolicyServiceStub:
+        """The PolicyService stub."""
+        return policy_grpc.PolicyServiceStub(self.channel)
 
 
 @dataclasses.dataclass

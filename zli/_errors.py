@@ -11,7 +11,7 @@ import click
 
 from mrzap import errors
 
-__all__ = ["EXIT_CODES", "clear_errors"]
+__all__ = ["EXIT_CODES", "EXIT_DENIED", "EXIT_TESTS_FAILED", "clear_errors"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -27,6 +27,11 @@ EXIT_CODES: dict[type[errors.MrzapError], int] = {
     errors.FailedPrecondition: 9,
     errors.AlreadyExists: 10,
 }
+
+#: `zli policy explain`: the request would be denied (the command itself worked).
+EXIT_DENIED = 11
+#: `zli policy test`: the module is valid but at least one of its `test_` rules failed.
+EXIT_TESTS_FAILED = 12
 
 
 def clear_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -9,6 +9,7 @@ import click
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from mrzap import __version__, errors
 
+from ._access import access_group
 from ._agent import agent_group
 from ._client import ServiceClient
 from ._context import ZliContext, client, state_dir
@@ -16,6 +17,7 @@ from ._environments import env_group
 from ._errors import EXIT_CODES, clear_errors
 from ._keys import keys_group
 from ._login import LoginOptions, login
+from ._policy import policy_group
 from ._targets import targets_group
 
 __all__ = ["EXIT_CODES", "main"]
@@ -131,5 +133,5 @@ def mfa_reset_command(ctx: click.Context, user: str) -> None:
     click.echo(f"MFA reset for {answer.user.email or answer.user.id}; their sessions have ended.")
 
 
-for _group in (targets_group, env_group, keys_group, agent_group):
+for _group in (targets_group, env_group, keys_group, agent_group, policy_group, access_group):
     main.add_command(_group)

@@ -1,0 +1,1 @@
+"""The policy role's Alembic migrations (the "policy" branch)."""

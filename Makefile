@@ -44,6 +44,7 @@ gen: venv
 
 bench: venv
 	python bench/protocol.py
+	python bench/policy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -16,6 +16,7 @@ refusal says "only administrators may do this" (the audit event keeps the polici
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -111,9 +112,19 @@ class AuthorizationInterceptor(GuardInterceptor):
             return await self._decider.decide(principal, call)
         except Exception as error:  # the decider should not raise; if it does, fail closed
             _log.exception("policy decision for %s failed; denying", call.method)
-            raise PermissionDenied(
+            message = (
                 f"the policy engine is unavailable ({type(error).__name__}): the call is denied"
-            ) from None
+            )
+            return Decision(
+                decision_id="",
+                allowed=False,
+                reasons=(_reason(message),),
+                policy_ids=(),
+                max_session_duration=0,
+                record_input=False,
+                record_output=False,
+                decided_at=time.time(),
+            )
 
     async def _record(
         self,

@@ -208,6 +208,10 @@ async def test_an_engine_crash_denies_the_call(service: Service, idp: TestIdenti
     )
     assert "policy engine is unavailable" in message
     assert "exploded" not in message  # the engine's internals stay in the service's log
+    event = (await service.api_events())[0]  # refused, and audited like every other call
+    assert event.outcome == audit_pb.EVENT_OUTCOME_DENIED
+    assert event.api_call.method == _AUTH + "WhoAmI"
+    assert [r.message for r in event.reasons] == [message]
 
 
 @pytest.mark.asyncio

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -36,6 +36,7 @@ from mrzap.errors import MrzapError
 from mrzap.timestamps import to_timestamp
 
 from ._backoff import Backoff
+from ._channels import AgentChannels
 from ._config import AgentConfig
 
 __all__ = ["READY_LINE", "AgentStopped", "ControlLoop"]
@@ -104,6 +105,17 @@ class _Reader:
         assert isinstance(message, pb.ControlResponse)
         return message
 
+    async def drain(self) -> None:
+        """Read and drop messages until the broker ends the stream."""
+        while True:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._call.read())
+            # Shielded: a timeout around drain() must not cancel the read (and the call).
+            message = await asyncio.shield(self._pending)
+            self._pending = None
+            if message is grpc.aio.EOF:
+                return
+
     def cancel(self) -> None:
         """Drop a pending read (the call is being torn down anyway)."""
         if self._pending is not None:
@@ -122,8 +134,11 @@ class ControlLoop:
         backoff: Backoff | None = None,
         logger: logging.Logger | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        channels: AgentChannels | None = None,
     ) -> None:
+        """Without `channels` the agent stays online but opens no channel (answers nothing)."""
         self._config = config
+        self._channels = channels
         self._key = key
         self._backoff = backoff or Backoff()
         self._log = logger or logging.getLogger("mrzap.agent")
@@ -217,20 +232,44 @@ class ControlLoop:
         welcome: pb.Welcome,
     ) -> _Ended:
         interval = welcome.keepalive_interval.ToTimedelta().total_seconds() or _DEFAULT_KEEPALIVE_S
-        silence = interval * _SILENCE_INTERVALS
-        online_at = last_heard = last_sent = time.monotonic()
+        # Channels write from their own tasks; grpc allows one write at a time per call.
+        write_lock = asyncio.Lock()
+
+        async def send(request: pb.ControlRequest) -> None:
+            async with write_lock:
+                await call.write(request)
+
         self.online = True
         self._log.info(
             READY_LINE.format(target_id=self._config.target_id)
             + f" (broker {welcome.broker_id}"
             + (f", region {welcome.region})" if welcome.region else ")")
         )
+        try:
+            return await self._online_loop(call, reader, stopping, send, interval)
+        finally:
+            if self._channels is not None:
+                await self._channels.detach_all()
+
+    async def _online_loop(
+        self,
+        call: Any,  # noqa: ANN401 - grpc's stream call
+        reader: _Reader,
+        stopping: asyncio.Future[Any],
+        send: Callable[[pb.ControlRequest], Awaitable[None]],
+        interval: float,
+    ) -> _Ended:
+        """Keepalives, channel messages and session expiry until the stream ends."""
+        silence = interval * _SILENCE_INTERVALS
+        online_at = last_heard = last_sent = time.monotonic()
         while True:
-            deadline = min(last_sent + interval, last_heard + silence)
+            deadline = min(last_sent + interval, last_heard + silence, self._expiry_deadline())
             message = await reader.next(deadline - time.monotonic())
             now = time.monotonic()
+            if self._channels is not None and now >= self._expiry_deadline():
+                await self._channels.enforce_expiry()
             if stopping.done():
-                await self._goodbye(call, reader)
+                await self._goodbye(call, reader, send)
                 return _Ended("stopped", now - online_at)
             if message is None:
                 if now - last_heard >= silence:
@@ -238,27 +277,42 @@ class ControlLoop:
                         f"no keepalive from the broker for {silence:g} s", now - online_at
                     )
                 if now - last_sent >= interval:
-                    await call.write(self._keepalive())
+                    await send(self._keepalive())
                     last_sent = now
                 continue
             last_heard = now
             kind = message.WhichOneof("frame")
             if kind == "keepalive":
-                await call.write(self._keepalive())
+                await send(self._keepalive())
                 last_sent = now
             elif kind == "close":
                 reason = _CLOSE_NAMES.get(message.close.reason, str(message.close.reason))
                 text = f"the broker closed the stream ({reason}: {message.close.message})"
                 return _Ended(text, now - online_at, message.close)
-            else:
-                # Channels and revocations come with the connection features; until then the
-                # agent opens nothing, which is the safe answer to anything it does not know.
+            elif self._channels is None or not self._channels.handle(message, send):
+                # Opening nothing is the safe answer to anything the agent does not know.
                 self._log.debug("ignoring %s from the broker", kind)
 
-    async def _goodbye(self, call: Any, reader: _Reader) -> None:  # noqa: ANN401 - grpc
-        """Send ControlClose{SHUTDOWN}, half-close, and give the broker a moment to end the call."""
-        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-            await call.write(
+    def _expiry_deadline(self) -> float:
+        """When (monotonic) the next running connection's session expires; far away if none."""
+        expiry = None if self._channels is None else self._channels.sessions.next_expiry()
+        if expiry is None:
+            return time.monotonic() + 3600.0
+        return time.monotonic() + (expiry - time.time())
+
+    async def _goodbye(
+        self,
+        call: Any,  # noqa: ANN401 - grpc's stream call
+        reader: _Reader,
+        send: Callable[[pb.ControlRequest], Awaitable[None]],
+    ) -> None:
+        """Send ControlClose{SHUTDOWN}, half-close, and give the broker a moment to end the call.
+
+        The agent keeps reading meanwhile: a broker with channel frames still queued for the
+        agent must get them out before it reaches our close.
+        """
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
+            await send(
                 pb.ControlRequest(
                     close=pb.ControlClose(
                         reason=pb.CONTROL_CLOSE_REASON_SHUTDOWN, message="the agent is stopping"
@@ -266,7 +320,7 @@ class ControlLoop:
                 )
             )
             await call.done_writing()
-            await asyncio.wait_for(call.code(), _GOODBYE_TIMEOUT_S)
+            await asyncio.wait_for(reader.drain(), _GOODBYE_TIMEOUT_S)
         reader.cancel()
 
     def _agent_auth(self, nonce: bytes) -> bytes:

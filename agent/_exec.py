@@ -99,7 +99,20 @@ class ExecProcess:
         stdin = self._process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()
+        await self._discard_output()
         return status
+
+    async def _discard_output(self) -> None:
+        """Read what nobody will read to its end, so the pipes close (the command is gone)."""
+        for stream in (self._process.stdout, self._process.stderr):
+            if stream is None:
+                continue
+            # A reader still draining it (RuntimeError) reaches the end itself; a grandchild that
+            # escaped the process group may hold the pipe open, hence the bound.
+            with contextlib.suppress(RuntimeError, TimeoutError):
+                async with asyncio.timeout(_TERMINATE_GRACE_S):
+                    while await stream.read(_READ_BYTES):
+                        pass
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:

@@ -1,7 +1,7 @@
 """An interactive shell on a pseudo-terminal, driven from the event loop.
 
-`PtyShell.start` runs the target user's login shell (`-bash` style argv[0]) as that user, in a
-new session whose controlling terminal is the PTY, so job control, `tty` and SIGWINCH work as in
+`PtyShell.start` runs the target user's login shell (`shell -l`) as that user, in a new session
+whose controlling terminal is the PTY, so job control, `tty` and SIGWINCH work as in
 an SSH session. The agent holds the PTY's master side:
 
 - output is read by a reader callback on the event loop (the master is non-blocking; nothing
@@ -27,6 +27,7 @@ import errno
 import fcntl
 import grp
 import os
+import shutil
 import signal
 import struct
 import termios
@@ -43,15 +44,12 @@ DEFAULT_HIGH_WATER = 256 * 1024
 _READ_BYTES = 64 * 1024
 #: How long a hung-up shell gets before it is killed.
 _HANGUP_GRACE_S = 2.0
+#: util-linux's setsid, present on every Linux system.
+_SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 
 class Detached(Exception):
     """The reader was detached: another client attached to the shell, or it was detached."""
-
-
-def _set_controlling_terminal() -> None:
-    # Runs in the child after setsid() and setuid(): make stdin (the PTY) the controlling terminal.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _window_size(rows: int, cols: int) -> bytes:
@@ -120,6 +118,9 @@ class PtyShell:
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> PtyShell:
         """Start `user`'s login shell on a new PTY of `rows` x `cols`."""
+        if not os.access(user.shell, os.X_OK):
+            # setsid(1) would start and then fail to run it; say so before anything starts.
+            raise FileNotFoundError(errno.ENOENT, "the login shell cannot be run", user.shell)
         master, slave = os.openpty()
         try:
             os.set_blocking(master, False)
@@ -128,16 +129,20 @@ class PtyShell:
                 # As login(1) does: the terminal is the user's; group tty may write to it.
                 os.fchown(slave, user.uid, _tty_gid(user.gid))
                 os.fchmod(slave, 0o620)
+            # setsid(1) makes the shell a session leader with the PTY as its controlling
+            # terminal, then execs it under the same pid. Doing that in a preexec_fn would run
+            # Python in the forked child, which crashes next to gRPC's threads (the agent's
+            # control stream); `-l` makes it a login shell as `-bash` in argv[0] would.
             process = await asyncio.create_subprocess_exec(
-                "-" + os.path.basename(user.shell),
-                executable=user.shell,
+                _SETSID,
+                "--ctty",
+                user.shell,
+                "-l",
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
                 cwd=user.working_directory(),
                 env=user.environment(term or "xterm-256color"),
-                start_new_session=True,
-                preexec_fn=_set_controlling_terminal,
                 **user.spawn_options(),
             )
         except BaseException:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrzap import __version__
 from mrzap.errors import (
@@ -26,9 +27,13 @@ from mrzap.errors import (
 )
 
 from ._backoff import Backoff
-from ._config import AgentFiles, default_config_dir
+from ._channels import AgentChannels
+from ._config import AgentConfig, AgentFiles, default_config_dir
 from ._control import AgentStopped, ControlLoop
+from ._local_policy import LOCAL_POLICY_FILE, LocalPolicy
 from ._register import RegistrationRequest, register
+from ._sessions import Sessions
+from ._verifier import SynHandler
 
 #: The agent must not be restarted: it is not registered, or its target is gone (sysexits
 #: EX_CONFIG). The systemd unit lists it in RestartPreventExitStatus.
@@ -172,8 +177,9 @@ def run_command(
     files = AgentFiles(config_dir or default_config_dir())
     try:
         config, key = files.load()
+        local = LocalPolicy.from_file(files.directory / LOCAL_POLICY_FILE)
         backoff = Backoff(base_s=reconnect_base, cap_s=max(reconnect_cap, reconnect_base))
-        asyncio.run(_run(ControlLoop(config, key, backoff=backoff)))
+        asyncio.run(_run(config, key, local, backoff))
     except AgentStopped as error:
         _fail(error)
     except InvalidArgument as error:
@@ -185,7 +191,14 @@ def run_command(
     click.echo("mrzap-agent stopped")
 
 
-async def _run(loop: ControlLoop) -> None:
+async def _run(
+    config: AgentConfig, key: Ed25519PrivateKey, local: LocalPolicy, backoff: Backoff
+) -> None:
+    # The SYN handler and the running connections outlive control streams: a shell survives a
+    # reconnection, and the replay cache and revocations must not be forgotten by one.
+    sessions = Sessions()
+    channels = AgentChannels(SynHandler(config, key, local), sessions)
+    loop = ControlLoop(config, key, backoff=backoff, channels=channels)
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -193,6 +206,7 @@ async def _run(loop: ControlLoop) -> None:
     try:
         await loop.run(stop)
     finally:
+        await sessions.close_all()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):
                 running.remove_signal_handler(signum)

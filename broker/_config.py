@@ -40,6 +40,11 @@ class BrokerConfig:
     max_message_bytes: int = 256 * 1024
     """The largest control-stream message an agent may send; a larger one ends the stream."""
 
+    max_channel_queue_bytes: int = 1024 * 1024
+    """Per channel and direction, the most frame bytes the relay queues: four times the
+    end-to-end window of PROTOCOL.md section 6. An agent past it loses the channel; a client
+    past it is no longer read until the agent's stream catches up."""
+
     max_concurrent_admissions: int = 4
     """How many agents are authenticated and recorded online (or refused) at once; the rest
     wait their turn, so a reconnection storm does not swamp the registry's database."""
@@ -59,6 +64,8 @@ class BrokerConfig:
             raise InvalidArgument("broker silence_intervals must be at least 2")
         if self.max_concurrent_admissions < 1:
             raise InvalidArgument("broker max_concurrent_admissions must be at least 1")
+        if self.max_channel_queue_bytes < 64 * 1024:
+            raise InvalidArgument("broker max_channel_queue_bytes must be at least 64 KiB")
         if self.max_message_bytes < 1024:
             raise InvalidArgument("broker max_message_bytes must be at least 1024")
 

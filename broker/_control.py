@@ -41,6 +41,7 @@ from ._config import BrokerConfig
 from ._connected import AgentStream, ConnectedAgents
 from ._directory import TargetDirectory
 from ._housekeeping import Housekeeper
+from ._relay import ChannelRelay
 
 __all__ = ["ACCESS", "AgentServicer", "add_agent_servicer"]
 
@@ -48,6 +49,9 @@ _SERVICE = "bastion.agent.v1.AgentService"
 
 #: Who may call each method of AgentService: agents prove who they are inside the stream.
 ACCESS: dict[str, Access] = {f"/{_SERVICE}/Control": Access.AGENT}
+
+#: The agent's messages that belong to a channel and go to the relay.
+_CHANNEL_KINDS = frozenset({"channel_answer", "channel_frame", "channel_close"})
 
 _log = logging.getLogger("mrzap.broker")
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -99,8 +103,11 @@ class AgentServicer:
         agents: ConnectedAgents,
         housekeeper: Housekeeper,
         clock: Clock,
+        relay: ChannelRelay | None = None,
     ) -> None:
         self._config = config
+        # Not `relay or ...`: an empty relay has len() 0.
+        self._relay = ChannelRelay(agents) if relay is None else relay
         self._directory = directory
         self._agents = agents
         self._housekeeper = housekeeper
@@ -172,6 +179,8 @@ class AgentServicer:
             raise refusal.error from None
         finally:
             reader.cancel()
+            if stream is not None:
+                self._relay.agent_gone(stream)
             if stream is not None and self._agents.remove(stream) and not stream.draining:
                 _log.info("agent %s offline: %s", stream.target_id, stream.end_reason)
                 with contextlib.suppress(MrzapError):  # the registry's sweep catches up
@@ -208,6 +217,7 @@ class AgentServicer:
             event = await events.get()
             if isinstance(event, pb.ControlResponse):
                 yield event
+                self._relay.sent_to_agent(event)
                 if event.HasField("close"):
                     return
             elif isinstance(event, _Ended):
@@ -226,12 +236,15 @@ class AgentServicer:
                     reason = pb.ControlCloseReason.Name(event.close.reason)
                     stream.end_reason = f"the agent closed the stream ({reason})"
                     return
+                if kind in _CHANNEL_KINDS:
+                    violation = self._relay.from_agent(stream, event)
+                    if violation is None:
+                        continue
+                else:
+                    violation = f"{kind or 'an empty message'} is not expected on this stream"
                 raise Refusal(
                     pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR,
-                    InvalidArgument(
-                        f"{kind or 'an empty message'} is not expected on this stream"
-                        + ("" if kind == "agent_auth" else " (no channel is open)")
-                    ),
+                    InvalidArgument(violation),
                     stream.target_id,
                 )
 

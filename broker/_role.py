@@ -11,6 +11,7 @@ from ._connected import ConnectedAgents
 from ._control import AgentServicer, add_agent_servicer
 from ._directory import TargetDirectory
 from ._housekeeping import Housekeeper
+from ._relay import ChannelRelay
 
 __all__ = ["SERVER_OPTIONS", "BrokerRole"]
 
@@ -36,7 +37,11 @@ class BrokerRole:
         """The agents connected to this broker."""
         self.housekeeper = Housekeeper(config, self.agents, directory, clock)
         """The periodic task: keepalives, dead streams, last-seen batches."""
-        self.servicer = AgentServicer(config, directory, self.agents, self.housekeeper, clock)
+        self.relay = ChannelRelay(self.agents, config.max_channel_queue_bytes)
+        """The channels relayed between clients and this broker's agents."""
+        self.servicer = AgentServicer(
+            config, directory, self.agents, self.housekeeper, clock, self.relay
+        )
         """The AgentService servicer."""
 
     def add_to_server(self, server: grpc.aio.Server) -> None:

@@ -17,8 +17,8 @@ __all__ = ["ACCESS"]
 
 _BROKER = "/bastion.broker.v1.BrokerService/"
 
-#: The broker's client RPCs. They are classified ahead of their servicer so that the contract is
-#: covered from the start; until it is served, calling them fails with UNIMPLEMENTED.
+#: The broker's client RPCs (`broker.BrokerServicer`). Those not served yet (connection records,
+#: locking users) fail with UNIMPLEMENTED, but are classified so the contract stays covered.
 BROKER_CLIENT_ACCESS: dict[str, Access] = {
     _BROKER + "OpenConnection": Access.USER,
     _BROKER + "Channel": Access.USER,

@@ -18,10 +18,11 @@ from auth import AuthService, AuthStore, SessionInterceptor
 from auth._servicer import AuthServicer
 from bastion.audit.v1 import audit_service_pb2_grpc
 from bastion.auth.v1 import auth_service_pb2_grpc
+from bastion.broker.v1 import broker_service_pb2_grpc
 from bastion.policy.v1 import policy_service_pb2_grpc
 from bastion.registry.v1 import registry_service_pb2_grpc
 from broker import SERVER_OPTIONS as BROKER_SERVER_OPTIONS
-from broker import BrokerConfig, BrokerRole, load_or_create_broker_id
+from broker import BrokerConfig, BrokerRole, BrokerServicer, load_or_create_broker_id
 from mrzap.clock import SystemClock
 from mrzap.jwks import HttpJwksSource
 from mrzap.pktoken import PkTokenVerifier
@@ -159,6 +160,9 @@ async def start_server(config: ServiceConfig) -> RunningServer:
         registry,
     )
     broker.add_to_server(server)
+    broker_service_pb2_grpc.add_BrokerServiceServicer_to_server(
+        BrokerServicer(grants, broker.relay), server
+    )
     # The chain includes the CA, so agents can pin it by fingerprint on first contact.
     credentials = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_chain())])
     address = f"{config.server.host}:{config.server.port}"

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+# As in the agent (see agent/__init__.py): tests fork shells and commands next to gRPC's threads,
+# and gRPC reads this when first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

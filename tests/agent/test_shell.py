@@ -129,14 +129,16 @@ async def test_shell_runs_as_the_user_with_a_login_environment(accounts: Account
     try:
         uid = await run_in(shell, out, "id -u")
         groups = await run_in(shell, out, "id -Gn")
-        env = await run_in(shell, out, 'echo "$HOME|$SHELL|$USER|$LOGNAME|$TERM|$PWD|$0"')
+        env = await run_in(shell, out, 'echo "$HOME|$SHELL|$USER|$LOGNAME|$TERM|$PWD"')
+        login = await run_in(shell, out, "shopt -q login_shell && echo login || echo not-login")
         tty = await run_in(shell, out, 'tty; stat -c %u "$(tty)"; ps -o stat= -p $$')
     finally:
         await shell.close()
     assert int(uid) == TargetUser.lookup(accounts.first).uid
     assert accounts.group in groups.split()  # initgroups: the supplementary group too
     home = f"/home/{accounts.first}"
-    assert env == f"{home}|/bin/bash|{accounts.first}|{accounts.first}|vt100|{home}|-bash"
+    assert env == f"{home}|/bin/bash|{accounts.first}|{accounts.first}|vt100|{home}"
+    assert login == "login"
     device, owner, state = tty.split()
     assert device.startswith("/dev/pts/")
     assert int(owner) == TargetUser.lookup(accounts.first).uid  # the terminal is the user's

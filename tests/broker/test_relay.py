@@ -1,0 +1,300 @@
+"""The broker's client side over real gRPC/TLS on loopback: OpenConnection, then Channel relayed
+to a raw agent control stream that can send anything.
+
+The policy and auth roles are replaced by `StaticGrantIssuer` and a fixed caller (see
+tests/broker/harness.py): these tests are about what the broker relays, to whom, and its bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+import pytest_asyncio
+
+from bastion.agent.v1 import agent_service_pb2 as agent_pb
+from bastion.broker.v1 import broker_service_pb2 as pb
+from bastion.mrzap.v1 import mrzap_pb2
+from broker import PendingChannels
+from broker.testing import user_caller
+from mrzap import keys
+from mrzap.errors import NotFound
+
+from .conftest import READ_TIMEOUT_S, Agent, RawStream
+from .harness import Harness, running_harness
+
+
+@pytest_asyncio.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_harness(tmp_path) as running:
+        yield running
+
+
+async def read_until(stream: RawStream, kind: str) -> agent_pb.ControlResponse:
+    """The next message of `kind` from the broker, skipping keepalives."""
+    while True:
+        message = await stream.read()
+        if message.WhichOneof("frame") == kind:
+            return message
+        assert message.WhichOneof("frame") == "keepalive", message
+
+
+async def next_response(call: Any) -> pb.ChannelResponse:  # noqa: ANN401 - grpc's call
+    message = await asyncio.wait_for(call.read(), READ_TIMEOUT_S)
+    assert message is not grpc.aio.EOF, "the broker ended the channel"
+    assert isinstance(message, pb.ChannelResponse)
+    return message
+
+
+async def status(call: Any) -> tuple[grpc.StatusCode, str]:  # noqa: ANN401 - grpc's call
+    code = await asyncio.wait_for(call.code(), READ_TIMEOUT_S)
+    return code, await call.details()
+
+
+async def drain(call: Any) -> None:  # noqa: ANN401 - grpc's call
+    """Read the call to its end."""
+    while await asyncio.wait_for(call.read(), READ_TIMEOUT_S) is not grpc.aio.EOF:
+        pass
+
+
+def frame(seq: int, payload: bytes) -> mrzap_pb2.Frame:
+    return mrzap_pb2.Frame(seq=seq, ciphertext=payload)
+
+
+async def open_channel(harness: Harness, stream: RawStream, agent: Agent) -> tuple[Any, str, bytes]:
+    """A Channel call whose SYN reached the agent; (call, channel id, SYN bytes)."""
+    opened = await harness.open_connection(agent.target_id)
+    syn = harness.syn(opened)
+    call: Any = harness.stub.Channel()  # type: ignore[call-arg]
+    await call.write(pb.ChannelRequest(open=pb.ChannelOpen(channel_id=opened.channel_id, syn=syn)))
+    got = await read_until(stream, "channel_open")
+    assert got.channel_open.channel_id == opened.channel_id
+    assert got.channel_open.syn == syn  # unchanged, byte for byte
+    return call, opened.channel_id, syn
+
+
+@pytest.mark.asyncio
+async def test_open_connection_returns_the_grant_and_the_agents_key(harness: Harness) -> None:
+    agent = harness.register()
+    opened = await harness.open_connection(agent.target_id)
+    grant = mrzap_pb2.Grant.FromString(opened.grant.payload)
+    assert opened.agent_public_key == keys.public_key_bytes(agent.key)
+    assert grant.target_public_key == opened.agent_public_key
+    assert grant.upk == keys.public_key_bytes(harness.session_key)
+    assert opened.channel_id
+
+
+@pytest.mark.asyncio
+async def test_a_denied_request_gets_no_grant_and_says_why(harness: Harness) -> None:
+    agent = harness.register()
+    harness.issuer.denial = "alice may not use web-1 on Sundays"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await harness.open_connection(agent.target_id)
+    assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "Sundays" in (raised.value.details() or "")
+    assert harness.issuer.issued == []
+
+
+@pytest.mark.asyncio
+async def test_handshake_and_frames_are_relayed_unchanged_both_ways(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"signed-synack")
+        )
+    )
+    assert (await next_response(call)).syn_ack == b"signed-synack"
+    await call.write(pb.ChannelRequest(channel_frame=frame(0, b"c2a-0")))
+    relayed = await read_until(stream, "channel_frame")
+    assert relayed.channel_frame == agent_pb.ChannelFrame(
+        channel_id=channel_id, frame=frame(0, b"c2a-0")
+    )
+    for seq in range(3):
+        await stream.send(
+            agent_pb.ControlRequest(
+                channel_frame=agent_pb.ChannelFrame(
+                    channel_id=channel_id, frame=frame(seq, b"a2c-%d" % seq)
+                )
+            )
+        )
+    for seq in range(3):
+        assert (await next_response(call)).channel_frame == frame(seq, b"a2c-%d" % seq)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_close=agent_pb.ChannelClose(channel_id=channel_id, reason="exited")
+        )
+    )
+    assert (await status(call))[0] is grpc.StatusCode.OK
+    assert len(harness.role.relay) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_reject_is_relayed_and_the_call_ends_ok(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, reject=b"signed-reject")
+        )
+    )
+    assert (await next_response(call)).reject == b"signed-reject"
+    assert (await status(call))[0] is grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+async def test_a_channel_id_is_single_use(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, syn = await open_channel(harness, stream, agent)
+    again: Any = harness.stub.Channel()  # type: ignore[call-arg]
+    await again.write(pb.ChannelRequest(open=pb.ChannelOpen(channel_id=channel_id, syn=syn)))
+    assert (await status(again))[0] is grpc.StatusCode.NOT_FOUND
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_another_user_cannot_use_a_channel_id(harness: Harness) -> None:
+    agent, _ = await harness.online()
+    opened = await harness.open_connection(agent.target_id)
+    harness.callers.append(user_caller(keys.public_key_bytes(harness.session_key), subject="eve"))
+    call: Any = harness.stub.Channel()  # type: ignore[call-arg]
+    await call.write(
+        pb.ChannelRequest(
+            open=pb.ChannelOpen(channel_id=opened.channel_id, syn=harness.syn(opened))
+        )
+    )
+    assert (await status(call))[0] is grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.asyncio
+async def test_a_syn_for_another_channel_id_is_refused(harness: Harness) -> None:
+    agent, _ = await harness.online()
+    opened = await harness.open_connection(agent.target_id)
+    call: Any = harness.stub.Channel()  # type: ignore[call-arg]
+    syn = harness.syn(opened, channel_id="another-channel")
+    await call.write(pb.ChannelRequest(open=pb.ChannelOpen(channel_id=opened.channel_id, syn=syn)))
+    code, details = await status(call)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "another channel id" in details
+
+
+@pytest.mark.asyncio
+async def test_an_offline_target_is_unavailable(harness: Harness) -> None:
+    agent = harness.register()
+    opened = await harness.open_connection(agent.target_id)
+    call: Any = harness.stub.Channel()  # type: ignore[call-arg]
+    await call.write(
+        pb.ChannelRequest(
+            open=pb.ChannelOpen(channel_id=opened.channel_id, syn=harness.syn(opened))
+        )
+    )
+    code, details = await status(call)
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "offline" in details
+
+
+@pytest.mark.asyncio
+async def test_losing_the_agent_ends_the_channel_unavailable(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
+        )
+    )
+    await next_response(call)
+    stream.call.cancel()
+    assert (await status(call))[0] is grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.asyncio
+async def test_a_client_leaving_tells_the_agent(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    call.cancel()
+    close = await read_until(stream, "channel_close")
+    assert close.channel_close.channel_id == channel_id
+
+
+@pytest.mark.asyncio
+async def test_an_agent_ignoring_flow_control_loses_the_channel(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
+        )
+    )
+    # The client reads nothing: once gRPC's own buffers are full, what the agent sends stays
+    # queued at the broker.
+    chunk = b"x" * (60 * 1024)
+    for seq in range(4 * 1024 * 1024 // len(chunk)):
+        await stream.send(
+            agent_pb.ControlRequest(
+                channel_frame=agent_pb.ChannelFrame(channel_id=channel_id, frame=frame(seq, chunk))
+            )
+        )
+    close = await read_until(stream, "channel_close")
+    assert close.channel_close.channel_id == channel_id
+    assert "flow control" in close.channel_close.reason
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await drain(call)
+    assert ended.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["frame-before-answer", "second-answer", "other-agents-channel"])
+async def test_agent_channel_violations_end_its_stream(harness: Harness, kind: str) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, _ = await open_channel(harness, stream, agent)
+    answer = agent_pb.ControlRequest(
+        channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
+    )
+    offender = stream
+    if kind == "frame-before-answer":
+        message = agent_pb.ControlRequest(
+            channel_frame=agent_pb.ChannelFrame(channel_id=channel_id, frame=frame(0, b"early"))
+        )
+    elif kind == "second-answer":
+        await stream.send(answer)
+        message = answer
+    else:
+        _, offender = await harness.online()
+        message = answer
+    await offender.send(message)
+    close = await read_until(offender, "close")
+    assert close.close.reason == agent_pb.CONTROL_CLOSE_REASON_PROTOCOL_ERROR
+    call.cancel()
+
+
+def test_a_channel_id_expires_with_its_grants_start_by() -> None:
+    now = [1000.0]
+    pending = PendingChannels(clock=lambda: now[0])
+    channel_id = pending.issue("user-1", "target-1", expires_at=1060.0)
+    now[0] = 1060.0
+    with pytest.raises(NotFound):
+        pending.take(channel_id, "user-1")
+    fresh = pending.issue("user-1", "target-1", expires_at=1120.0)
+    assert len(pending) == 1  # the expired id was forgotten
+    assert pending.take(fresh, "user-1") == "target-1"
+
+
+@pytest.mark.asyncio
+async def test_a_second_open_ends_the_channel_for_both_sides(harness: Harness) -> None:
+    agent, stream = await harness.online()
+    call, channel_id, syn = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
+        )
+    )
+    await next_response(call)
+    await call.write(pb.ChannelRequest(open=pb.ChannelOpen(channel_id=channel_id, syn=syn)))
+    close = await read_until(stream, "channel_close")
+    assert close.channel_close.channel_id == channel_id
+    assert (await status(call))[0] is grpc.StatusCode.INVALID_ARGUMENT

@@ -46,8 +46,7 @@ from mrzap.errors import (
 from mrzap.handshake import MAX_SYN_BYTES
 from mrzap.timestamps import from_timestamp
 from mrzap.verification import VerificationError
-from policy import GrantIssuer, principal_of
-from policy._model import Effect, Reason
+from policy import Effect, GrantIssuer, Reason, principal_of
 
 from ._relay import ChannelEnd, ChannelRelay, RelayedChannel
 

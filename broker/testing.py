@@ -21,9 +21,8 @@ from mrzap.envelope import Domain, sign
 from mrzap.errors import NotFound
 from mrzap.grant import GrantSigner, new_grant_id
 from mrzap.timestamps import to_timestamp
-from policy import IssuedGrant
-from policy._model import Decision, Effect, Principal
-from policy._model import Reason as PolicyReason
+from policy import Decision, Effect, IssuedGrant, Principal
+from policy import Reason as PolicyReason
 
 __all__ = ["MemoryDirectory", "MemoryTarget", "StaticGrantIssuer", "user_caller"]
 

@@ -32,6 +32,7 @@ from ._engine import PolicyEngine, engine_from_spec
 from ._grant_keys import GrantKey, GrantKeyring
 from ._grants import GrantIssuer, IssuedGrant, LocalGrantIssuer, RemoteGrantIssuer
 from ._migrations import MIGRATIONS
+from ._model import Decision, Effect, Principal, Reason
 from ._service_credential import ServiceCredential
 from ._servicer import ACCESS, PolicyServicer, UserLookup
 from ._store import PolicyStore
@@ -44,6 +45,8 @@ __all__ = [
     "AccessRequestStore",
     "AccessRequests",
     "AuthorizationInterceptor",
+    "Decision",
+    "Effect",
     "GrantIssuer",
     "GrantKey",
     "GrantKeyring",
@@ -53,6 +56,8 @@ __all__ = [
     "PolicyEngine",
     "PolicyServicer",
     "PolicyStore",
+    "Principal",
+    "Reason",
     "RemoteGrantIssuer",
     "ServiceCredential",
     "UserLookup",

@@ -28,13 +28,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 
 from auth._interceptor import Access
 from bastion.agent.v1 import agent_service_pb2 as pb
 from mrzap.clock import Clock
 from mrzap.errors import InvalidArgument, MrzapError, ResourceExhausted, Unavailable
+from mrzap.timestamps import to_duration
 
 from ._auth import Refusal, authenticate_agent
 from ._config import BrokerConfig
@@ -113,8 +113,7 @@ class AgentServicer:
         self._housekeeper = housekeeper
         self._clock = clock
         self._admissions = asyncio.Semaphore(config.max_concurrent_admissions)
-        self._welcome_interval = Duration()
-        self._welcome_interval.FromNanoseconds(round(config.keepalive_interval_s * 1e9))
+        self._welcome_interval = to_duration(config.keepalive_interval_s)
 
     async def Control(
         self,

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from bastion.mrzap.v1 import mrzap_pb2
 from bastion.policy.v1 import policy_service_pb2 as pb
 from mrzap.errors import InvalidArgument
-from mrzap.timestamps import from_timestamp, to_timestamp
+from mrzap.timestamps import from_duration, from_timestamp, to_duration, to_timestamp
 
 from ._access_request_store import AccessRequest
 from ._model import (
@@ -47,7 +47,6 @@ __all__ = [
     "decision_from_message",
     "decision_input_message",
     "decision_message",
-    "duration",
     "policy_message",
     "principal_from_message",
     "principal_message",
@@ -67,21 +66,14 @@ _EFFECTS = {
 }
 
 
-def duration(value_s: float) -> Duration:
-    """A Duration of `value_s` seconds, exact to the microsecond."""
-    message = Duration()
-    message.FromMicroseconds(round(value_s * 1_000_000))
-    return message
-
-
 def _optional_duration(value_s: float) -> Duration | None:
     """A Duration, or None (the field stays unset) for 0, which means "not set" in policies."""
-    return duration(value_s) if value_s else None
+    return to_duration(value_s) if value_s else None
 
 
 def seconds(message: Duration, name: str) -> float:
     """Seconds of a Duration; InvalidArgument for a negative one."""
-    value = message.seconds + message.nanos / 1e9
+    value = from_duration(message)
     if value < 0:
         raise InvalidArgument(f"{name} must not be negative")
     return value
@@ -383,7 +375,7 @@ def decision_message(decision: Decision) -> pb.Decision:
         decide_time=to_timestamp(decision.decided_at),
     )
     if decision.max_session_duration > 0:
-        message.max_session_duration.CopyFrom(duration(decision.max_session_duration))
+        message.max_session_duration.CopyFrom(to_duration(decision.max_session_duration))
     return message
 
 
@@ -427,7 +419,7 @@ def access_request_message(request: AccessRequest) -> pb.AccessRequest:
         requester_user_id=request.requester_user_id,
         requester_email=request.requester_email,
         reason=request.reason,
-        duration=duration(request.duration_s),
+        duration=to_duration(request.duration_s),
         state=pb.AccessRequestState.ValueType(request.state.value),
         create_time=to_timestamp(request.created_at),
         decider_email=request.decider_email,

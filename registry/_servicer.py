@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc.aio
-from google.protobuf.duration_pb2 import Duration
 
 from audit import Actor
 from auth import Access, AuthService, Caller, current_caller
@@ -21,7 +20,7 @@ from bastion.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from mrzap.config import IdpConfig
 from mrzap.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from mrzap.rpc import bearer_token
-from mrzap.timestamps import to_timestamp
+from mrzap.timestamps import from_duration, to_duration, to_timestamp
 from policy import GrantKey
 
 from ._domain import AgentRegistration, Registry
@@ -49,16 +48,6 @@ ACCESS: dict[str, Access] = {
 }
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromMicroseconds(round(seconds * 1_000_000))
-    return duration
-
-
-def _seconds(duration: Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
 
 
 def _state(state: TargetState) -> pb.TargetState.ValueType:
@@ -115,7 +104,7 @@ def _idp_message(idp: IdpConfig) -> pb.IdpConfiguration:
         allowed_email_domains=sorted(idp.allowed_email_domains),
         hosted_domain=idp.hosted_domain or "",
         tenant_id=idp.tenant_id or "",
-        max_session_age=_duration(idp.max_session_age_s),
+        max_session_age=to_duration(idp.max_session_age_s),
     )
 
 
@@ -164,7 +153,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             id=environment.id,
             name=environment.name,
             description=environment.description,
-            offline_cleanup_timeout=_duration(self._registry.cleanup_timeout(environment)),
+            offline_cleanup_timeout=to_duration(self._registry.cleanup_timeout(environment)),
             create_time=to_timestamp(environment.created_at),
         )
 
@@ -173,7 +162,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.CreateEnvironmentResponse:
         """Add an environment (administrators only)."""
         environment = await self._registry.create_environment(
-            request.name, request.description, _seconds(request.offline_cleanup_timeout)
+            request.name, request.description, from_duration(request.offline_cleanup_timeout)
         )
         return pb.CreateEnvironmentResponse(environment=self._environment_message(environment))
 
@@ -201,7 +190,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ) -> pb.CreateRegistrationKeyResponse:
         """A new registration key and its secret, shown once (administrators only)."""
         created = await self._registry.create_registration_key(
-            request.name, request.environment_id, _seconds(request.ttl)
+            request.name, request.environment_id, from_duration(request.ttl)
         )
         return pb.CreateRegistrationKeyResponse(
             registration_key=_key_message(created.key), secret=created.secret

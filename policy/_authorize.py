@@ -24,14 +24,20 @@ import grpc
 import grpc.aio
 
 from audit import AuditLog
-from auth import ONLY_ADMINISTRATORS, Access, Caller, SessionInterceptor
+from auth import ONLY_ADMINISTRATORS, Access, Caller, SessionInterceptor, User
 from mrzap.errors import MrzapError, PermissionDenied, to_status
 from mrzap.rpc import GuardInterceptor
 
 from ._audit_events import api_call_event
 from ._model import ApiAccess, ApiCall, Decision, Effect, Principal, Reason, TargetAccess
 
-__all__ = ["AuthorizationInterceptor", "Decider", "denial_message", "principal_of"]
+__all__ = [
+    "AuthorizationInterceptor",
+    "Decider",
+    "denial_message",
+    "principal_of",
+    "user_principal",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -51,15 +57,21 @@ def principal_of(caller: Caller) -> Principal:
     if caller.api_key is not None:
         return Principal(admin=caller.is_admin, api_key_id=caller.api_key.id)
     assert caller.session is not None
-    user = caller.session.user
+    return user_principal(
+        caller.session.user, caller.is_admin, caller.session.session.mfa_verified_at
+    )
+
+
+def user_principal(user: User, admin: bool, mfa_verified_at: float | None) -> Principal:
+    """The decision input's form of a user the auth role knows."""
     return Principal(
         user_id=user.id,
         issuer=user.issuer,
         subject=user.subject,
         email=user.email,
         groups=user.groups,
-        admin=caller.is_admin,
-        mfa_verified_at=caller.session.session.mfa_verified_at,
+        admin=admin,
+        mfa_verified_at=mfa_verified_at,
     )
 
 

@@ -29,7 +29,7 @@ from mrzap.timestamps import from_timestamp, to_timestamp
 from ._access_request_store import AccessRequestState
 from ._access_requests import AccessRequests
 from ._audit_events import change_event, decision_event
-from ._authorize import Decider, principal_of
+from ._authorize import Decider, principal_of, user_principal
 from ._compile import custom_package
 from ._convert import (
     access_request_message,
@@ -158,15 +158,7 @@ class UserLookup:
         user = await self._store.find_user(name)
         if user is None:
             raise NotFound(f"no user {name!r} has logged in")
-        return Principal(
-            user_id=user.id,
-            issuer=user.issuer,
-            subject=user.subject,
-            email=user.email,
-            groups=user.groups,
-            admin=self._config.is_admin(user.email, user.groups),
-            mfa_verified_at=mfa_verified_at,
-        )
+        return user_principal(user, self._config.is_admin(user.email, user.groups), mfa_verified_at)
 
 
 def _page_size(page_size: int) -> int:

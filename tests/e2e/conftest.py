@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,13 @@ class Cluster:
         env = {**os.environ, "MRZAP_CONFIG_DIR": str(home), "MRZAP_SERVER": self.server}
         env["MRZAP_CA_FILE"] = str(self.ca_file)
         return ChildProcess([str(BIN / "zli"), *args], env=env, stdin=stdin)
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a service a test restarts on the same port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _idp_config(path: Path, token_lifetime_s: int) -> None:

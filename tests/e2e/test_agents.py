@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import socket
 import stat
 import sys
 import time
@@ -28,7 +27,7 @@ from mrzap.process import ChildProcess
 from mrzap.tls import ca_fingerprint
 from zli._state import StateDir
 
-from .conftest import Cluster, start_cluster
+from .conftest import Cluster, free_port, start_cluster
 from .test_login import enrol
 
 BIN = Path(sys.executable).parent
@@ -44,12 +43,6 @@ offline_timeout = "3s"
 sweep_interval = "1s"
 activation_token_lifetime = "4s"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Org:

@@ -27,9 +27,9 @@ from mrzap.handshake import build_syn, verify_synack
 from mrzap.process import ChildProcess
 from zli._state import StateDir
 
-from .conftest import start_cluster
+from .conftest import free_port, start_cluster
 from .test_admin_cli import ok
-from .test_agents import ONLINE_LINE, SERVICE_CONFIG, Org, free_port, register, run_agent
+from .test_agents import ONLINE_LINE, SERVICE_CONFIG, Org, register, run_agent
 from .test_login import enrol
 
 ME = pwd.getpwuid(os.getuid()).pw_name

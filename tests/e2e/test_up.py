@@ -15,14 +15,8 @@ import pytest
 
 from mrzap.process import ChildProcess
 
-from .conftest import BIN, Cluster
+from .conftest import BIN, Cluster, free_port
 from .test_login import SECRET, browser_login
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def local_targets(cluster: Cluster, home: Path, name: str, state: str) -> list[dict[str, str]]:

@@ -5,7 +5,7 @@
 # with that reason (and fail instead under MRZAP_TEST_STRICT=1, as in CI).
 set -euo pipefail
 
-declare -A package_for=([chromium]=chromium [pg_ctlcluster]=postgresql)
+declare -A package_for=([chromium]=chromium [pg_ctlcluster]=postgresql [sshd]=openssh-server)
 missing=()
 for command in "${!package_for[@]}"; do
 	command -v "$command" >/dev/null || missing+=("${package_for[$command]}")

@@ -45,6 +45,7 @@ gen: venv
 bench: venv
 	python bench/protocol.py
 	python bench/policy.py
+	python bench/shell.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

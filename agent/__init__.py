@@ -6,6 +6,9 @@ service's CA) in its configuration directory. `run` keeps one outbound control s
 (PROTOCOL.md section 7) with `ControlLoop`, reconnecting with jittered back-off. `AgentChannels`
 answers each SYN (checked against both roots of trust, section 5, by `SynHandler`), runs the action
 through `Sessions` and relays its encrypted frames (section 6) over the control stream.
+`Recorder` records shells and commands as their grants ask (section 8): signed, hash-chained
+chunks with the commands typed, sent up the control stream by a `RecordingUplink` that queues
+them (bounded) while the stream is down and resends the last ones after reconnecting.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from ._backoff import Backoff
 from ._channels import AgentChannels
 from ._config import AgentConfig, AgentFiles, GrantKeyPin, default_config_dir
 from ._control import READY_LINE, AgentStopped, ControlLoop
+from ._recording_tap import Recorder
 from ._register import RegistrationRequest, register
+from ._uplink import RecordingUplink
 
 __all__ = [
     "READY_LINE",
@@ -33,6 +38,8 @@ __all__ = [
     "Backoff",
     "ControlLoop",
     "GrantKeyPin",
+    "Recorder",
+    "RecordingUplink",
     "RegistrationRequest",
     "default_config_dir",
     "register",

@@ -34,6 +34,7 @@ from mrzap.verification import Reason, VerificationError
 
 from ._exec import ExecProcess
 from ._pty import Detached, PtyShell, ShellOutput
+from ._recording_tap import Recorder, RecordingTap
 from ._sessions import Sessions, Started
 from ._verifier import Accepted, SynHandler
 
@@ -153,12 +154,22 @@ class AgentChannels:
     """Every channel open on the current control stream."""
 
     def __init__(
-        self, handler: SynHandler, sessions: Sessions, *, window: int = DEFAULT_WINDOW
+        self,
+        handler: SynHandler,
+        sessions: Sessions,
+        *,
+        window: int = DEFAULT_WINDOW,
+        recorder: Recorder | None = None,
     ) -> None:
+        """Without `recorder`, nothing is recorded (tests of the channel layer only)."""
         self.handler = handler
         """Verifies SYNs and revocations."""
         self.sessions = sessions
         """The running connections (which outlive channels and control streams)."""
+        self.recorder = recorder
+        """Records sessions as their grants ask; its uplink outlives control streams."""
+        # The recordings of running commands, by connection id (a shell's lives in its PtyShell).
+        self._exec_taps: dict[str, RecordingTap] = {}
         self._window = window
         self._channels: dict[str, _Channel] = {}
         # Channels whose SYN is being verified, and those of them the client left meanwhile.
@@ -214,6 +225,7 @@ class AgentChannels:
             if duplicate:
                 raise VerificationError(Reason.MALFORMED, "the channel is already open")
             started.append(await self.sessions.start(verified))
+            self._record(verified, started[0])
             return started[0].result
 
         if duplicate:
@@ -253,6 +265,33 @@ class AgentChannels:
             self._spawn(self._pump_input(channel)),
         ]
 
+    def _record(self, verified: VerifiedSyn, started: Started) -> None:
+        """Start recording a new shell or command, before any of its output can be read.
+
+        Nothing awaits between the session's start and this call, so the recording begins with
+        its first output. A re-attached shell keeps the recording it has.
+        """
+        connection_id = started.result.connection_id
+        if self.recorder is not None and isinstance(started.session, ExecProcess):
+            tap = self.recorder.start_exec(connection_id, verified.grant, verified.syn.exec.command)
+            if tap is not None:
+                self._exec_taps[connection_id] = tap
+            return
+        action = verified.syn.shell_open
+        if (
+            self.recorder is None
+            or not verified.syn.HasField("shell_open")
+            or not isinstance(started.session, PtyShell)
+        ):
+            return
+        self.recorder.start_shell(
+            started.session,
+            started.result.connection_id,
+            verified.grant,
+            rows=action.rows or 24,
+            cols=action.cols or 80,
+        )
+
     # --- frames ----------------------------------------------------------------------------------
 
     def _frame(self, relayed: pb.ChannelFrame) -> None:
@@ -272,6 +311,9 @@ class AgentChannels:
             message = await channel.next_input()
             kind = message.WhichOneof("message")
             if kind == "stdin":
+                tap = self._exec_taps.get(channel.connection_id)
+                if tap is not None:
+                    tap.input(message.stdin)  # a shell's tap sees its input in the PtyShell
                 try:
                     await session.write_stdin(message.stdin)
                 except (BrokenPipeError, ConnectionResetError):
@@ -300,6 +342,7 @@ class AgentChannels:
             status = await session.wait()
         except Detached:
             return
+        self._end_recording(channel.connection_id)
         await channel.send_message(
             mrzap_pb2.ChannelMessage(exit=mrzap_pb2.Exit(code=status.code, signal=status.signal))
         )
@@ -315,10 +358,15 @@ class AgentChannels:
     async def _pipe_output(
         self, channel: _Channel, field: str, read: Callable[[int], Awaitable[bytes]]
     ) -> None:
+        tap = self._exec_taps.get(channel.connection_id)
         while True:
+            if tap is not None:
+                await tap.room()  # a full recording uplink pauses the command, as a slow client
             data = await read(min(await channel.credit(), MAX_FRAME_DATA))
             if not data:
                 return
+            if tap is not None:
+                tap.output(data)
             await channel.send_output(field, data)
 
     # --- endings ---------------------------------------------------------------------------------
@@ -354,6 +402,13 @@ class AgentChannels:
                 session.detach()
         else:
             await self.sessions.close(channel.connection_id)
+            self._end_recording(channel.connection_id)
+
+    def _end_recording(self, connection_id: str) -> None:
+        """A command ended: its recording's final chunk."""
+        tap = self._exec_taps.pop(connection_id, None)
+        if tap is not None:
+            tap.close()
 
     async def _revoke(self, signed_bytes: bytes) -> None:
         try:

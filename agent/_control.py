@@ -56,6 +56,8 @@ _SILENCE_INTERVALS = 3
 #: After SIGTERM, how long to wait for the broker to end the stream after our ControlClose.
 _GOODBYE_TIMEOUT_S = 2.0
 
+#: The broker's messages the reading task hands straight to the channels.
+_SHORTCUT_KINDS = frozenset({"channel_frame", "channel_close"})
 _CLOSE_NAMES = {
     value: name.removeprefix("CONTROL_CLOSE_REASON_")
     for name, value in pb.ControlCloseReason.items()
@@ -81,46 +83,78 @@ class _Ended:
 
 
 class _Reader:
-    """Reads the stream with deadlines, without cancelling the read (that would end the call)."""
+    """Reads the stream in one task, without cancelling a read (that would end the call).
+
+    Once the agent is online, channel messages are handed to `shortcut` as they arrive, in this
+    task: a keystroke then costs one read, not a read task and a deadline wait in the control
+    loop as well. Everything else (challenge, welcome, keepalives, close) and how the stream
+    ended is queued for `next`, in order.
+    """
 
     def __init__(self, call: Any, stopping: asyncio.Future[Any]) -> None:  # noqa: ANN401 - grpc
         self._call = call
         self._stopping = stopping
-        self._pending: asyncio.Task[Any] | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self.shortcut: Callable[[pb.ControlResponse], bool] | None = None
+        """Handles a message in the reading task and says whether it did; None handles none."""
+        self.heard_at = time.monotonic()
+        """When the broker last sent anything (monotonic seconds)."""
+
+    async def _read_all(self) -> None:
+        try:
+            while True:
+                message = await self._call.read()
+                self.heard_at = time.monotonic()
+                if message is grpc.aio.EOF:
+                    self._queue.put_nowait(message)
+                    return
+                shortcut = self.shortcut
+                if shortcut is None or not shortcut(message):
+                    self._queue.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the call broke, or handling failed: `next` raises it
+            self._queue.put_nowait(error)
 
     async def next(self, timeout_s: float) -> pb.ControlResponse | None:
         """The next message; None on timeout or stop. Raises EOFError when the stream ends."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._call.read())
-        done, _ = await asyncio.wait(
-            (self._pending, self._stopping),
-            timeout=max(timeout_s, 0.0),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if self._pending not in done:
-            return None
-        message, self._pending = self._pending.result(), None
-        if message is grpc.aio.EOF:
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._read_all())
+        if self._queue.empty():
+            waiting = asyncio.ensure_future(self._queue.get())
+            done, _ = await asyncio.wait(
+                (waiting, self._stopping),
+                timeout=max(timeout_s, 0.0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if waiting not in done:
+                waiting.cancel()  # a cancelled Queue.get takes nothing from the queue
+                return None
+            item = waiting.result()
+        else:
+            item = self._queue.get_nowait()
+        if isinstance(item, Exception):
+            raise item
+        if item is grpc.aio.EOF:
             raise EOFError
-        assert isinstance(message, pb.ControlResponse)
-        return message
+        assert isinstance(item, pb.ControlResponse)
+        return item
 
     async def drain(self) -> None:
         """Read and drop messages until the broker ends the stream."""
-        while True:
-            if self._pending is None:
-                self._pending = asyncio.ensure_future(self._call.read())
-            # Shielded: a timeout around drain() must not cancel the read (and the call).
-            message = await asyncio.shield(self._pending)
-            self._pending = None
-            if message is grpc.aio.EOF:
-                return
+        self.shortcut = None
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._read_all())
+        # Shielded: a timeout around drain() must not cancel the read (and the call).
+        # What it queued meanwhile (a broken call included) no longer matters: the stream ends.
+        await asyncio.shield(self._pump)
 
     def cancel(self) -> None:
-        """Drop a pending read (the call is being torn down anyway)."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        """Drop the reading task (the call is being torn down anyway)."""
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
 
 
 class ControlLoop:
@@ -197,7 +231,8 @@ class ControlLoop:
             reader = _Reader(call, stopping)
             try:
                 return await self._converse(call, reader, stopping)
-            except EOFError:
+            except (EOFError, asyncio.InvalidStateError):
+                # InvalidStateError: a write raced the broker ending the call.
                 return _Ended("the broker ended the stream")
             except grpc.aio.AioRpcError as error:
                 return _Ended(f"{error.code().name}: {error.details() or 'no details'}")
@@ -245,9 +280,16 @@ class ControlLoop:
             + f" (broker {welcome.broker_id}"
             + (f", region {welcome.region})" if welcome.region else ")")
         )
+        recorder = None if self._channels is None else self._channels.recorder
+        if recorder is not None:
+            # Recording chunks queued while offline (and those maybe lost with the last stream)
+            # go up on this one, in order.
+            recorder.uplink.connected(send)
         try:
             return await self._online_loop(call, reader, stopping, send, interval)
         finally:
+            if recorder is not None:
+                recorder.uplink.disconnected()
             if self._channels is not None:
                 await self._channels.detach_all()
 
@@ -261,14 +303,29 @@ class ControlLoop:
     ) -> _Ended:
         """Keepalives, channel messages and session expiry until the stream ends."""
         silence = interval * _SILENCE_INTERVALS
-        online_at = last_heard = last_sent = time.monotonic()
+        online_at = last_sent = time.monotonic()
+        channels = self._channels
+        if channels is not None:
+
+            def relay(message: pb.ControlResponse) -> bool:
+                # Frames and closes are handled as they are read (see _Reader): the hot path of
+                # a shell. Opens still come through this loop, which then sleeps until the new
+                # connection's session expiry at the latest.
+                return message.WhichOneof("frame") in _SHORTCUT_KINDS and channels.handle(
+                    message, send
+                )
+
+            reader.shortcut = relay
         while True:
-            deadline = min(last_sent + interval, last_heard + silence, self._expiry_deadline())
+            expiry = self._expiry_deadline()
+            deadline = min(last_sent + interval, reader.heard_at + silence, expiry)
             message = await reader.next(deadline - time.monotonic())
             now = time.monotonic()
-            if self._channels is not None and now >= self._expiry_deadline():
+            last_heard = reader.heard_at
+            if self._channels is not None and now >= expiry:
                 await self._channels.enforce_expiry()
             if stopping.done():
+                await self._flush_recordings()
                 await self._goodbye(call, reader, send)
                 return _Ended("stopped", now - online_at)
             if message is None:
@@ -280,7 +337,6 @@ class ControlLoop:
                     await send(self._keepalive())
                     last_sent = now
                 continue
-            last_heard = now
             kind = message.WhichOneof("frame")
             if kind == "keepalive":
                 await send(self._keepalive())
@@ -299,6 +355,16 @@ class ControlLoop:
         if expiry is None:
             return time.monotonic() + 3600.0
         return time.monotonic() + (expiry - time.time())
+
+    async def _flush_recordings(self) -> None:
+        """The agent stops: end the recorded shells now, while the stream is up, so their final
+        chunks reach the broker and the recordings are complete rather than cut short."""
+        recorder = None if self._channels is None else self._channels.recorder
+        if self._channels is None or recorder is None:
+            return
+        await self._channels.sessions.close_all()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(recorder.uplink.flushed(), _GOODBYE_TIMEOUT_S)
 
     async def _goodbye(
         self,

@@ -13,7 +13,9 @@ an SSH session. The agent holds the PTY's master side:
   credit-based flow control (PROTOCOL.md section 6);
 - a detached shell keeps running and keeps its recent output in the ring buffer, so `attach()`
   can replay it to the next client (`zli connect` to an existing connection);
-- `write_stdin` waits for the PTY to accept input with a writer callback, never blocking.
+- `write_stdin` waits for the PTY to accept input with a writer callback, never blocking;
+- a `TerminalTap` (the session's recording, PROTOCOL.md section 8) sees all output, input and
+  resizes, attached or not; while it cannot take more, the PTY is not read at all.
 
 The shell's exit status comes from `wait()`; `close()` hangs up the terminal (SIGHUP to the
 shell's process group, SIGKILL after a grace period) the way a dropped SSH session does.
@@ -31,10 +33,18 @@ import shutil
 import signal
 import struct
 import termios
+from typing import Protocol
 
 from ._shell_process import ExitStatus, TargetUser
 
-__all__ = ["DEFAULT_HIGH_WATER", "DEFAULT_REPLAY_BYTES", "Detached", "PtyShell", "ShellOutput"]
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_REPLAY_BYTES",
+    "Detached",
+    "PtyShell",
+    "ShellOutput",
+    "TerminalTap",
+]
 
 #: Recent output kept for a client that re-attaches.
 DEFAULT_REPLAY_BYTES = 64 * 1024
@@ -46,6 +56,26 @@ _READ_BYTES = 64 * 1024
 _HANGUP_GRACE_S = 2.0
 #: util-linux's setsid, present on every Linux system.
 _SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+
+class TerminalTap(Protocol):
+    """Sees what passes through the terminal (the recording, `_recording_tap.RecordingTap`)."""
+
+    @property
+    def accepting(self) -> bool:
+        """False while the terminal must not be read (the recording's uplink is full)."""
+
+    def output(self, data: bytes) -> None:
+        """The shell wrote `data`."""
+
+    def input(self, data: bytes) -> None:
+        """`data` is about to be typed."""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The terminal got a new size."""
+
+    def close(self) -> None:
+        """The terminal ended."""
 
 
 class Detached(Exception):
@@ -103,6 +133,7 @@ class PtyShell:
         self._status: ExitStatus | None = None
         # One write at a time: a second writer's callback would replace the first's.
         self._write_lock = asyncio.Lock()
+        self._tap: TerminalTap | None = None
         self._waiter = asyncio.ensure_future(self._wait_process())
         self._resume_reading()
 
@@ -159,6 +190,20 @@ class PtyShell:
         return self._process.pid
 
     @property
+    def master_fd(self) -> int:
+        """The PTY's master side (for `_commands.reads_secret`)."""
+        return self._master
+
+    def set_tap(self, tap: TerminalTap) -> None:
+        """Show `tap` everything that passes through the terminal from now on, attached or not."""
+        self._tap = tap
+
+    def resume_reading(self) -> None:
+        """Read the terminal again if it was paused only for the tap and the reader has room."""
+        if self._reader is None or len(self._reader.pending) < self._high_water:
+            self._resume_reading()
+
+    @property
     def attached(self) -> bool:
         """Whether a client reads the shell's output now."""
         return self._reader is not None
@@ -204,6 +249,8 @@ class PtyShell:
         return data
 
     def _resume_reading(self) -> None:
+        if self._tap is not None and not self._tap.accepting:
+            return  # the tap's room listener resumes once the recording can take more
         if not self._reading and not self._eof and not self._closed:
             self._loop.add_reader(self._master, self._on_readable)
             self._reading = True
@@ -214,6 +261,11 @@ class PtyShell:
             self._reading = False
 
     def _on_readable(self) -> None:
+        if self._tap is not None and not self._tap.accepting:
+            # The recording cannot take more now: leave the output in the PTY (the shell blocks
+            # once it fills) until the tap's room listener resumes reading.
+            self._pause_reading()
+            return
         try:
             data = os.read(self._master, _READ_BYTES)
         except BlockingIOError:
@@ -228,7 +280,14 @@ class PtyShell:
             self._pause_reading()
             if self._reader is not None:
                 self._reader.ready.set()
+            if self._tap is not None:
+                self._tap.close()
             return
+        tap = self._tap
+        if tap is not None:
+            tap.output(data)
+            if not tap.accepting:
+                self._pause_reading()
         self._replay += data
         if len(self._replay) > self._replay_bytes:
             del self._replay[: len(self._replay) - self._replay_bytes]
@@ -244,6 +303,10 @@ class PtyShell:
     async def write_stdin(self, data: bytes) -> None:
         """Type `data` into the terminal, waiting (without blocking) while the PTY is full."""
         async with self._write_lock:
+            if self._tap is not None and not self._closed:
+                # Seen before it is written: whether the terminal reads a password is decided
+                # by its mode now, while the program waits for this input.
+                self._tap.input(data)
             await self._write_all(memoryview(data))
 
     async def _write_all(self, view: memoryview) -> None:
@@ -274,6 +337,8 @@ class PtyShell:
         """Set the terminal size; the kernel sends SIGWINCH to the shell's foreground job."""
         if not self._closed:
             fcntl.ioctl(self._master, termios.TIOCSWINSZ, _window_size(rows, cols))
+            if self._tap is not None:
+                self._tap.resize(rows, cols)
 
     async def wait(self) -> ExitStatus:
         """Wait for the shell to exit; its status."""
@@ -300,6 +365,8 @@ class PtyShell:
             os.close(self._master)
             if self._reader is not None:
                 self._reader.ready.set()
+            if self._tap is not None:
+                self._tap.close()
         return status
 
 

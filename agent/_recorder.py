@@ -28,7 +28,22 @@ from mrzap.recording import ChainSigner
 
 from ._commands import AlternateScreenTracker, CommandExtractor, TypedCommand
 
-__all__ = ["RecorderLimits", "SessionRecorder", "ShellRecording"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "MAX_CHUNK_BYTES",
+    "RecorderLimits",
+    "SessionRecorder",
+    "ShellRecording",
+]
+
+#: Events' data per chunk by default. Each chunk costs a signature here and a verification, a
+#: compression and a database write at the broker, so bulk output (`cat` of a large file) goes
+#: faster with larger chunks: measured 6.5 MB/s at 64 KiB, 8.7 MB/s at 160 KiB.
+DEFAULT_CHUNK_BYTES = 160 * 1024
+#: The most `max_chunk_bytes` may be: a signed chunk is its events' data plus a few hundred bytes
+#: (the header, the envelope, the signature), and it must fit well inside the broker's limit on a
+#: control-stream message (BrokerConfig.max_message_bytes, 256 KiB by default).
+MAX_CHUNK_BYTES = 192 * 1024
 
 _EVENT_OVERHEAD = 24
 """Roughly what the protobuf framing of one event adds to its data, in bytes."""
@@ -38,15 +53,17 @@ _EVENT_OVERHEAD = 24
 class RecorderLimits:
     """When the recorder cuts a chunk."""
 
-    max_chunk_bytes: int = 64 * 1024
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """A chunk is cut before its events' data would exceed this many bytes."""
 
     max_chunk_age_s: float = 1.0
     """A chunk is cut once its oldest event is this old, so live viewers lag at most this."""
 
     def __post_init__(self) -> None:
-        if self.max_chunk_bytes < 1024:
-            raise InvalidArgument("max_chunk_bytes must be at least 1024")
+        if not 1024 <= self.max_chunk_bytes <= MAX_CHUNK_BYTES:
+            raise InvalidArgument(
+                f"max_chunk_bytes must be at least 1024 and at most {MAX_CHUNK_BYTES}"
+            )
         if not 0 < self.max_chunk_age_s <= 60:
             raise InvalidArgument("max_chunk_age_s must be more than 0 and at most 60")
 

@@ -3,7 +3,9 @@
 `Sessions.start` turns a verified SYN (PROTOCOL.md section 5) into a running action and the
 `ActionResult` its SYN-ACK reports:
 
-- `shell_open` starts the target user's login shell on a PTY under a new connection id;
+- `shell_open` starts the target user's login shell on a PTY; a new connection's id is the SYN's
+  channel id (the broker names the connection the same way), and a channel id that is already a
+  running connection's id is refused, so a new action can never take over another's id;
 - `shell_attach` re-attaches to a running shell and replays its recent output -- only for the
   same user (issuer and subject of the grant) and the same target user that opened it, so a grant
   for one user never reaches another user's shell;
@@ -19,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import uuid
 from collections.abc import Callable
 
 from bastion.mrzap.v1 import mrzap_pb2
@@ -87,6 +88,10 @@ class Sessions:
         Raises VerificationError when it cannot be done, so the agent answers with a Reject.
         """
         syn = verified.syn
+        if not syn.HasField("shell_attach") and syn.channel_id in self._connections:
+            raise VerificationError(
+                Reason.MALFORMED, "the channel id is already a running connection's id"
+            )
         if syn.HasField("shell_open"):
             return await self._open_shell(verified, syn.shell_open)
         if syn.HasField("shell_attach"):
@@ -157,7 +162,13 @@ class Sessions:
         )
 
     def _add(self, session: Session, verified: VerifiedSyn) -> str:
-        connection_id = str(uuid.uuid4())
+        connection_id = verified.syn.channel_id
+        if connection_id in self._connections:
+            # Checked before starting too; a SYN for the same channel id may have raced this one.
+            self._keep(asyncio.ensure_future(session.close()))
+            raise VerificationError(
+                Reason.MALFORMED, "the channel id is already a running connection's id"
+            )
         self._connections[connection_id] = Connection(connection_id, session, verified)
         waiter: asyncio.Task[object] = asyncio.ensure_future(session.wait())
         self._keep(waiter)

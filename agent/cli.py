@@ -31,6 +31,7 @@ from ._channels import AgentChannels
 from ._config import AgentConfig, AgentFiles, default_config_dir
 from ._control import AgentStopped, ControlLoop
 from ._local_policy import LOCAL_POLICY_FILE, LocalPolicy
+from ._recording_tap import Recorder
 from ._register import RegistrationRequest, register
 from ._sessions import Sessions
 from ._verifier import SynHandler
@@ -197,7 +198,7 @@ async def _run(
     # The SYN handler and the running connections outlive control streams: a shell survives a
     # reconnection, and the replay cache and revocations must not be forgotten by one.
     sessions = Sessions()
-    channels = AgentChannels(SynHandler(config, key, local), sessions)
+    channels = AgentChannels(SynHandler(config, key, local), sessions, recorder=Recorder(key))
     loop = ControlLoop(config, key, backoff=backoff, channels=channels)
     stop = asyncio.Event()
     running = asyncio.get_running_loop()

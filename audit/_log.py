@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
+from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -122,12 +123,28 @@ class AuditLog:
         next_token = ""
         if len(records) > limit:
             next_token = encode_page_token((repr(page[-1].time), str(page[-1].seq)))
-        events = []
-        for record in page:
-            event = pb.AuditEvent()
-            event.ParseFromString(record.event)
-            events.append(event)
-        return events, next_token
+        return [_event(record) for record in page], next_token
+
+    async def export_events(
+        self, query: EventQuery, batch_size: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[pb.AuditEvent]:
+        """Every matching event, oldest first, read from the store a batch at a time."""
+        if query.start is not None and query.end is not None and query.start >= query.end:
+            raise InvalidArgument("the time range is empty: start_time must be before end_time")
+        after: tuple[float, int] | None = None
+        while True:
+            records = await self._store.search(query, after, batch_size, oldest_first=True)
+            for record in records:
+                yield _event(record)
+            if len(records) < batch_size:
+                return
+            after = (records[-1].time, records[-1].seq)
+
+
+def _event(record: EventRecord) -> pb.AuditEvent:
+    event = pb.AuditEvent()
+    event.ParseFromString(record.event)
+    return event
 
 
 def _cursor(page_token: str) -> tuple[float, int] | None:

@@ -106,11 +106,19 @@ class AuditStore:
             s.add(row)
 
     async def search(
-        self, query: EventQuery, after: tuple[float, int] | None, limit: int
+        self,
+        query: EventQuery,
+        after: tuple[float, int] | None,
+        limit: int,
+        *,
+        oldest_first: bool = False,
     ) -> list[EventRecord]:
         """Up to `limit` matching events, newest first (the later recorded first among events of
-        the same time), starting after the `after` (time, seq)."""
-        statement = select(_EventRow).order_by(_EventRow.time.desc(), _EventRow.seq.desc())
+        the same time), starting after the `after` (time, seq); `oldest_first` reverses it."""
+        if oldest_first:
+            statement = select(_EventRow).order_by(_EventRow.time, _EventRow.seq)
+        else:
+            statement = select(_EventRow).order_by(_EventRow.time.desc(), _EventRow.seq.desc())
         if query.kinds:
             statement = statement.where(_EventRow.kind.in_(sorted(query.kinds)))
         if query.outcomes:
@@ -130,7 +138,12 @@ class AuditStore:
             statement = statement.where(
                 _EventRow.search_text.contains(query.text.lower(), autoescape=True)
             )
-        if after is not None:
+        if after is not None and oldest_first:
+            time, seq = after
+            statement = statement.where(
+                (_EventRow.time > time) | ((_EventRow.time == time) & (_EventRow.seq > seq))
+            )
+        elif after is not None:
             time, seq = after
             statement = statement.where(
                 (_EventRow.time < time) | ((_EventRow.time == time) & (_EventRow.seq < seq))

@@ -11,6 +11,10 @@ once, stored as a hash, with a user's or an administrator's rights, an optional 
 immediate revocation. `SessionInterceptor` authenticates every call either way and servicers ask
 `current_caller()` who called.
 
+An administrator may lock a user (`lock_user`; the broker's LockUser adds a revocation on every
+agent): the lock ends their sessions, and a locked user cannot log in, refresh or make any call
+until unlocked.
+
 Servicer -> `AuthService` (domain; `ApiKeyService` for keys) -> `AuthStore`, `ApiKeyStore` (SQL
 tables owned by this role).
 """
@@ -21,7 +25,7 @@ from ._api_key_store import ApiKey, ApiKeyStore
 from ._api_keys import API_KEY_PREFIX, ApiKeyService, looks_like_api_key
 from ._caller import Caller
 from ._config import AuthConfig, OrgControls
-from ._domain import AuthService, LoginResult, SessionInfo
+from ._domain import LOCKED_MESSAGE, AuthService, LoginResult, SessionInfo
 from ._interceptor import (
     ONLY_ADMINISTRATORS,
     Access,
@@ -30,10 +34,11 @@ from ._interceptor import (
     current_session,
 )
 from ._migrations import MIGRATIONS
-from ._store import AuthStore, Session, User
+from ._store import AuthStore, Session, User, UserLock
 
 __all__ = [
     "API_KEY_PREFIX",
+    "LOCKED_MESSAGE",
     "MIGRATIONS",
     "ONLY_ADMINISTRATORS",
     "Access",
@@ -50,6 +55,7 @@ __all__ = [
     "SessionInfo",
     "SessionInterceptor",
     "User",
+    "UserLock",
     "current_caller",
     "current_session",
     "looks_like_api_key",

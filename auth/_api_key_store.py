@@ -7,7 +7,7 @@ import dataclasses
 from sqlalchemy import Boolean, Float, LargeBinary, String, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
 from ._store import _Base
 
@@ -115,7 +115,7 @@ class ApiKeyStore:
                 .where(_ApiKeyRow.id == key_id, _ApiKeyRow.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            return rowcount(result) == 1
 
     async def touch(self, key_id: str, now: float, older_than: float) -> None:
         """Set the key's last use to `now` unless it was already set after `older_than`.

@@ -11,6 +11,7 @@ from bastion.mrzap.v1 import mrzap_pb2
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -27,9 +28,21 @@ from ._api_key_store import ApiKeyStore
 from ._api_keys import ApiKeyService, looks_like_api_key
 from ._caller import Caller
 from ._config import AuthConfig
-from ._store import AuthStore, Session, User
+from ._store import AuthStore, Session, User, UserLock
 
-__all__ = ["AuthService", "Enrolment", "LoginResult", "MfaStatus", "SessionInfo"]
+__all__ = [
+    "LOCKED_MESSAGE",
+    "AuthService",
+    "Enrolment",
+    "LoginResult",
+    "MfaStatus",
+    "SessionInfo",
+]
+
+#: The refusal of every login, refresh and call of a locked user.
+LOCKED_MESSAGE = "this user is locked by an administrator"
+#: The longest lock reason kept; reasons are for people, and audit events repeat them.
+MAX_LOCK_REASON = 1000
 
 #: How far a login proof's timestamp may be from the service's clock.
 PROOF_WINDOW_S = 120.0
@@ -112,6 +125,10 @@ class AuthService:
         groups = _groups(identity, self._config.groups_claim)
         # An unverified email must never make someone an administrator or match another user.
         email = identity.email.lower() if identity.email_verified else ""
+        # Checked before the upsert, so a refused login changes nothing (not even last login).
+        known = await self._store.user_by_identity(identity.iss, identity.sub)
+        if known is not None and known.locked:
+            raise PermissionDenied(LOCKED_MESSAGE)
         user = await self._store.upsert_user(identity.iss, identity.sub, email, groups, now)
         token = secrets.token_urlsafe(32)
         mfa_done = None if self._config.controls.mfa_required else now
@@ -136,13 +153,19 @@ class AuthService:
         """
         session = await self._store.session_by_token(hash_token(token))
         now = self._clock.now()
-        if session is None or session.revoked_at is not None:
+        if session is None:
             raise Unauthenticated("not logged in: run `zli login`")
-        if now >= session.expires_at and not allow_expired:
-            raise Unauthenticated("the session has expired: run `zli login`")
         user = await self._store.get_user(session.user_id)
         if user is None:
             raise Unauthenticated("the session's user no longer exists")
+        # Before the revocation check: the lock ended this session, and its holder should be
+        # told why rather than be sent to `zli login`, which would refuse them too.
+        if user.locked:
+            raise PermissionDenied(LOCKED_MESSAGE)
+        if session.revoked_at is not None:
+            raise Unauthenticated("not logged in: run `zli login`")
+        if now >= session.expires_at and not allow_expired:
+            raise Unauthenticated("the session has expired: run `zli login`")
         info = await self._info(session, user)
         if info.mfa is not MfaStatus.DONE and not allow_mfa_pending:
             raise Unauthenticated("MFA is not complete for this session: run `zli login`")
@@ -164,6 +187,10 @@ class AuthService:
             raise PermissionDenied("the PK token is bound to another session key")
         if (identity.iss, identity.sub) != (info.user.issuer, info.user.subject):
             raise PermissionDenied("the PK token is for another user")
+        # Read again: a lock may have come after the session was authenticated.
+        user = await self._store.get_user(info.user.id)
+        if user is None or user.locked:
+            raise PermissionDenied(LOCKED_MESSAGE)
         expires_at = self._expiry(identity)
         await self._store.update_session(session.id, expires_at=expires_at)
         return dataclasses.replace(
@@ -228,6 +255,54 @@ class AuthService:
         await self._store.revoke_user_sessions(user.id, self._clock.now())
         return user
 
+    async def lock_user(self, admin: SessionInfo | Caller, name: str, reason: str) -> User:
+        """Lock a user (an administrator's action): no login, refresh or call until unlocked.
+
+        Their sessions end at once. Locking a locked user again replaces who, when and why.
+        Administrators cannot lock themselves, so an organisation cannot lose its last one this
+        way by a slip.
+        """
+        if not admin.is_admin:
+            raise PermissionDenied("only administrators can lock users")
+        reason = reason.strip()
+        if len(reason) > MAX_LOCK_REASON:
+            raise InvalidArgument(f"the reason is longer than {MAX_LOCK_REASON} characters")
+        user = await self._find(name)
+        caller_user = admin.user
+        if caller_user is not None and caller_user.id == user.id:
+            raise FailedPrecondition("you cannot lock yourself; ask another administrator")
+        now = self._clock.now()
+        lock = UserLock(now, _display_name(admin), reason)
+        locked = await self._store.set_lock(user.id, lock, now)
+        if locked is None:
+            raise NotFound(f"no user {name!r}")
+        return locked
+
+    async def unlock_user(self, admin: SessionInfo | Caller, name: str) -> User:
+        """Let a locked user log in again (an administrator's action); sessions the lock ended
+        stay ended. Unlocking a user who is not locked changes nothing."""
+        if not admin.is_admin:
+            raise PermissionDenied("only administrators can unlock users")
+        user = await self._find(name)
+        unlocked = await self._store.set_lock(user.id, None, self._clock.now())
+        if unlocked is None:
+            raise NotFound(f"no user {name!r}")
+        return unlocked
+
+    async def check_not_locked(self, user_id: str) -> None:
+        """PermissionDenied if the user is locked (or gone) now, whatever their session said."""
+        user = await self._store.get_user(user_id)
+        if user is None or user.locked:
+            raise PermissionDenied(LOCKED_MESSAGE)
+
+    async def _find(self, name: str) -> User:
+        if not name:
+            raise InvalidArgument("name the user by id or email")
+        user = await self._store.find_user(name)
+        if user is None:
+            raise NotFound(f"no user {name!r}")
+        return user
+
     async def _verify(
         self, purpose: str, pk_token: mrzap_pb2.PkToken, timestamp_ms: int, proof: bytes
     ) -> VerifiedIdentity:
@@ -269,6 +344,12 @@ class AuthService:
             confirmed = state is not None and state.confirmed_at is not None
             mfa = MfaStatus.VERIFICATION_REQUIRED if confirmed else MfaStatus.ENROLMENT_REQUIRED
         return SessionInfo(session, user, self._config.is_admin(user.email, user.groups), mfa)
+
+
+def _display_name(admin: SessionInfo | Caller) -> str:
+    if isinstance(admin, Caller):
+        return admin.display_name
+    return admin.user.email or admin.user.id
 
 
 def _groups(identity: VerifiedIdentity, claim: str) -> tuple[str, ...]:

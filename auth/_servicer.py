@@ -56,6 +56,7 @@ def user_message(user: User, admin: bool) -> pb.User:
         subject=mrzap_pb2.Subject(iss=user.issuer, sub=user.subject, email=user.email),
         create_time=to_timestamp(user.created_at),
         last_login_time=to_timestamp(user.last_login_at),
+        locked=user.locked,
     )
 
 

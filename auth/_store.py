@@ -13,14 +13,15 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     select,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
-__all__ = ["AuthStore", "MfaState", "Session", "User"]
+__all__ = ["AuthStore", "MfaState", "Session", "User", "UserLock"]
 
 
 class _Base(DeclarativeBase):
@@ -36,6 +37,9 @@ class _UserRow(_Base):
     groups: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
     last_login_at: Mapped[float] = mapped_column(Float)
+    locked_at: Mapped[float | None] = mapped_column(Float)
+    locked_by: Mapped[str | None] = mapped_column(String(320))
+    lock_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class _MfaRow(_Base):
@@ -62,6 +66,16 @@ class _SessionRow(_Base):
 
 
 @dataclasses.dataclass(frozen=True)
+class UserLock:
+    """An administrator's lock on a user: while it stands, the user cannot log in or call."""
+
+    locked_at: float
+    locked_by: str
+    """Who locked the user, as audit logs name them (an email, a user id or an API key)."""
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class User:
     """A person who has logged in at least once."""
 
@@ -72,6 +86,13 @@ class User:
     groups: tuple[str, ...]
     created_at: float
     last_login_at: float
+    lock: UserLock | None = None
+    """The administrator's lock, while the user is locked."""
+
+    @property
+    def locked(self) -> bool:
+        """Whether an administrator has locked the user."""
+        return self.lock is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +122,9 @@ class Session:
 
 
 def _user(row: _UserRow) -> User:
+    lock = None
+    if row.locked_at is not None:
+        lock = UserLock(row.locked_at, row.locked_by or "", row.lock_reason or "")
     return User(
         row.id,
         row.issuer,
@@ -109,6 +133,7 @@ def _user(row: _UserRow) -> User:
         tuple(row.groups),
         row.created_at,
         row.last_login_at,
+        lock,
     )
 
 
@@ -163,6 +188,40 @@ class AuthStore:
                 s.add(row)
             else:
                 row.email, row.groups, row.last_login_at = email, list(groups), now
+            await s.flush()
+            return _user(row)
+
+    async def user_by_identity(self, issuer: str, subject: str) -> User | None:
+        """The user the identity provider names (`issuer`, `subject`), if they logged in before."""
+        async with self._db.session() as s:
+            row = await s.scalar(
+                select(_UserRow).where(_UserRow.issuer == issuer, _UserRow.subject == subject)
+            )
+            return None if row is None else _user(row)
+
+    async def set_lock(self, user_id: str, lock: UserLock | None, now: float) -> User | None:
+        """Lock the user (ending their sessions in the same transaction) or, with None, unlock.
+
+        Returns the user after the change; None if there is no such user.
+        """
+        async with self._db.session() as s, s.begin():
+            row = await s.get(_UserRow, user_id, with_for_update=True)
+            if row is None:
+                return None
+            if lock is None:
+                row.locked_at = row.locked_by = row.lock_reason = None
+            else:
+                row.locked_at, row.locked_by, row.lock_reason = (
+                    lock.locked_at,
+                    lock.locked_by,
+                    lock.reason,
+                )
+                # One transaction: no session outlives the lock, even one started meanwhile.
+                await s.execute(
+                    update(_SessionRow)
+                    .where(_SessionRow.user_id == user_id, _SessionRow.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
             await s.flush()
             return _user(row)
 
@@ -226,7 +285,7 @@ class AuthStore:
                 .where(_MfaRow.user_id == user_id, _MfaRow.last_counter < counter)
                 .values(last_counter=counter, failures=0, locked_until=0.0)
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if rowcount(result) != 1:
                 return False
             await s.execute(
                 update(_MfaRow)

@@ -37,10 +37,12 @@ from mrzap.errors import InvalidArgument, MrzapError, ResourceExhausted, Unavail
 from mrzap.timestamps import to_duration
 
 from ._auth import Refusal, authenticate_agent
+from ._chunk_queue import ChunkQueue, ChunkQueues
 from ._config import BrokerConfig
 from ._connected import AgentStream, ConnectedAgents
 from ._directory import TargetDirectory
 from ._housekeeping import Housekeeper
+from ._recordings import RecordingIntake
 from ._relay import ChannelRelay
 
 __all__ = ["ACCESS", "AgentServicer", "add_agent_servicer"]
@@ -104,8 +106,16 @@ class AgentServicer:
         housekeeper: Housekeeper,
         clock: Clock,
         relay: ChannelRelay | None = None,
+        on_welcome: Callable[[AgentStream], None] | None = None,
+        recordings: RecordingIntake | None = None,
     ) -> None:
         self._config = config
+        # Verifies and stores agents' recording chunks; None drops them (broker unit tests).
+        self._recordings = recordings
+        # Each target's chunks go to the intake in order, beside its stream (see _chunk_queue).
+        self._chunk_queues = None if recordings is None else ChunkQueues(recordings.receive)
+        # Queues what every agent must hear first (the revocations in force) right after Welcome.
+        self._on_welcome = on_welcome
         # Not `relay or ...`: an empty relay has len() 0.
         self._relay = ChannelRelay(agents) if relay is None else relay
         self._directory = directory
@@ -125,6 +135,7 @@ class AgentServicer:
         events: asyncio.Queue[object] = asyncio.Queue()
         reader = asyncio.get_running_loop().create_task(_read(requests, events))
         stream: AgentStream | None = None
+        chunks: ChunkQueue | None = None
         try:
             nonce = secrets.token_bytes(32)
             yield pb.ControlResponse(challenge=pb.Challenge(nonce=nonce))
@@ -166,7 +177,11 @@ class AgentServicer:
                     keepalive_interval=self._welcome_interval,
                 )
             )
-            async for response in self._serve(stream, events):
+            if self._on_welcome is not None:
+                self._on_welcome(stream)
+            if self._chunk_queues is not None:
+                chunks = self._chunk_queues.acquire(stream.target_id)
+            async for response in self._serve(stream, events, chunks):
                 yield response
         except Refusal as refusal:
             if stream is not None:
@@ -178,6 +193,9 @@ class AgentServicer:
             raise refusal.error from None
         finally:
             reader.cancel()
+            if chunks is not None and stream is not None and self._chunk_queues is not None:
+                # What the agent sent before it left is still stored.
+                await self._chunk_queues.release(stream.target_id)
             if stream is not None:
                 self._relay.agent_gone(stream)
             if stream is not None and self._agents.remove(stream) and not stream.draining:
@@ -209,7 +227,7 @@ class AgentServicer:
         return first
 
     async def _serve(
-        self, stream: AgentStream, events: asyncio.Queue[object]
+        self, stream: AgentStream, events: asyncio.Queue[object], chunks: ChunkQueue | None
     ) -> AsyncIterator[pb.ControlResponse]:
         """Relay queued messages to the agent and handle the agent's, until the stream ends."""
         while True:
@@ -239,6 +257,14 @@ class AgentServicer:
                     violation = self._relay.from_agent(stream, event)
                     if violation is None:
                         continue
+                elif kind == "recording_chunk":
+                    # Stored in stream order (a connection's chunks must be stored in chain
+                    # order) by the stream's ChunkQueue, beside this loop: storing takes
+                    # milliseconds, and the agent's channels must not wait for it. A bad chunk
+                    # is refused and logged; the stream goes on.
+                    if chunks is not None:
+                        await chunks.put(event.recording_chunk)
+                    continue
                 else:
                     violation = f"{kind or 'an empty message'} is not expected on this stream"
                 raise Refusal(

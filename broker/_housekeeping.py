@@ -12,13 +12,12 @@ an interval. The broker never answers, so keepalives can never bounce back and f
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
 from bastion.agent.v1 import agent_service_pb2 as pb
 from mrzap.clock import Clock
+from mrzap.periodic import Periodic
 from mrzap.timestamps import to_timestamp
 
 from ._config import BrokerConfig
@@ -51,7 +50,17 @@ class Housekeeper:
         self._directory = directory
         self._clock = clock
         self._seen: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._next_flush = 0.0
+        # A few ticks per keepalive interval, and at least one per flush interval.
+        tick = min(config.keepalive_interval_s / _TICKS_PER_INTERVAL, config.seen_flush_interval_s)
+        self._timer = Periodic(
+            "broker-housekeeping",
+            self._tick,
+            tick,
+            log=_log,
+            failed="housekeeping failed",
+            at_once=False,
+        )
 
     def saw(self, target_id: str) -> None:
         """The agent of `target_id` sent something; it is written at the next flush."""
@@ -59,18 +68,12 @@ class Housekeeper:
 
     def start(self) -> None:
         """Start the periodic task on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="broker-housekeeping"
-            )
+        self._next_flush = time.monotonic() + self._config.seen_flush_interval_s
+        self._timer.start()
 
     async def stop(self) -> None:
         """Stop the task and write what was heard since the last flush."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._timer.stop()
         await self.flush_seen()
 
     def check_streams(self, now: float | None = None) -> None:
@@ -111,16 +114,9 @@ class Housekeeper:
             if stream is not None:
                 stream.close(pb.CONTROL_CLOSE_REASON_TARGET_DELETED, "the target was deleted")
 
-    async def _run(self) -> None:
-        tick = min(
-            self._config.keepalive_interval_s / _TICKS_PER_INTERVAL,
-            self._config.seen_flush_interval_s,
-        )
-        next_flush = time.monotonic() + self._config.seen_flush_interval_s
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            self.check_streams(now)
-            if now >= next_flush:
-                next_flush = now + self._config.seen_flush_interval_s
-                await self.flush_seen()
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        self.check_streams(now)
+        if now >= self._next_flush:
+            self._next_flush = now + self._config.seen_flush_interval_s
+            await self.flush_seen()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc.aio
 
 from mrzap.clock import Clock, SystemClock
 
 from ._config import BrokerConfig
-from ._connected import ConnectedAgents
+from ._connected import AgentStream, ConnectedAgents
 from ._control import AgentServicer, add_agent_servicer
 from ._directory import TargetDirectory
 from ._housekeeping import Housekeeper
+from ._recordings import RecordingIntake
 from ._relay import ChannelRelay
 
 __all__ = ["SERVER_OPTIONS", "BrokerRole"]
@@ -28,19 +31,34 @@ class BrokerRole:
     """Holds agents' control streams for one broker process."""
 
     def __init__(
-        self, config: BrokerConfig, directory: TargetDirectory, clock: Clock | None = None
+        self,
+        config: BrokerConfig,
+        directory: TargetDirectory,
+        clock: Clock | None = None,
+        *,
+        agents: ConnectedAgents | None = None,
+        on_welcome: Callable[[AgentStream], None] | None = None,
+        recordings: RecordingIntake | None = None,
     ) -> None:
+        """`recordings` verifies and stores agents' recording chunks (None drops them)."""
         clock = clock or SystemClock()
         self.config = config
         """The broker's settings."""
-        self.agents = ConnectedAgents()
+        self.agents = ConnectedAgents() if agents is None else agents
         """The agents connected to this broker."""
         self.housekeeper = Housekeeper(config, self.agents, directory, clock)
         """The periodic task: keepalives, dead streams, last-seen batches."""
         self.relay = ChannelRelay(self.agents, config.max_channel_queue_bytes)
         """The channels relayed between clients and this broker's agents."""
         self.servicer = AgentServicer(
-            config, directory, self.agents, self.housekeeper, clock, self.relay
+            config,
+            directory,
+            self.agents,
+            self.housekeeper,
+            clock,
+            self.relay,
+            on_welcome,
+            recordings,
         )
         """The AgentService servicer."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -98,6 +99,12 @@ class DeadlineExceeded(MrzapError):
     status_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Aborted(MrzapError):
+    """The operation was cut short on purpose, e.g. a channel whose connection was closed."""
+
+    status_code = grpc.StatusCode.ABORTED
+
+
 class Internal(MrzapError):
     """A bug or an unexpected state; the message never carries secrets."""
 
@@ -117,6 +124,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MrzapError]] = {
         Unavailable,
         DeadlineExceeded,
         Unimplemented,
+        Aborted,
         Internal,
     )
 }

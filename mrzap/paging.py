@@ -7,7 +7,7 @@ import json
 
 from .errors import InvalidArgument
 
-__all__ = ["decode_page_token", "encode_page_token"]
+__all__ = ["decode_page_token", "decode_time_token", "encode_page_token", "encode_time_token"]
 
 
 def encode_page_token(cursor: tuple[str, str]) -> str:
@@ -28,3 +28,21 @@ def decode_page_token(token: str) -> tuple[str, str] | None:
     ):
         raise InvalidArgument("the page token is not valid")
     return cursor[0], cursor[1]
+
+
+def encode_time_token(time: float, key: str) -> str:
+    """The token that continues after an item sorted by (time, key), newest first lists."""
+    # repr keeps every bit of the float, so the next page starts exactly after this item.
+    return encode_page_token((repr(time), key))
+
+
+def decode_time_token(token: str) -> tuple[float, str] | None:
+    """The (time, key) cursor `encode_time_token` made, None for the first page; InvalidArgument
+    if it is not ours."""
+    cursor = decode_page_token(token)
+    if cursor is None:
+        return None
+    try:
+        return float(cursor[0]), cursor[1]
+    except ValueError:
+        raise InvalidArgument("the page token is not valid") from None

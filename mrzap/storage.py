@@ -8,16 +8,17 @@ brings the chosen roles' tables up to date at start-up (DESIGN.md section 5).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import alembic.command
 import alembic.config
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import (
 
 from .errors import InvalidArgument
 
-__all__ = ["Database", "MigrationBranch", "sqlite_url"]
+__all__ = ["Database", "MigrationBranch", "rowcount", "sqlite_url"]
 
 _MIGRATIONS_ENV = Path(__file__).with_name("migrations")
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
@@ -78,6 +79,12 @@ class Database:
         """A new unit of work; use as `async with db.session() as s, s.begin(): ...`."""
         return self.sessions()
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction that commits when the block ends without an exception."""
+        async with self.sessions() as s, s.begin():
+            yield s
+
     def migrate(self, branches: Sequence[MigrationBranch]) -> None:
         """Bring the tables of `branches` up to date (synchronously: run it before serving)."""
         config = alembic.config.Config()
@@ -94,6 +101,11 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def rowcount(result: Any) -> int:  # noqa: ANN401 - what AsyncSession.execute returns for DML
+    """How many rows an UPDATE or DELETE matched (execute's static type does not say it has one)."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def _create_private_file(path: Path) -> None:

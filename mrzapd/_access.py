@@ -17,8 +17,8 @@ __all__ = ["ACCESS"]
 
 _BROKER = "/bastion.broker.v1.BrokerService/"
 
-#: The broker's client RPCs (`broker.BrokerServicer`). Those not served yet (connection records,
-#: locking users) fail with UNIMPLEMENTED, but are classified so the contract stays covered.
+#: The broker's client RPCs (`broker.BrokerServicer`). Locking and unlocking users is for
+#: administrators; the servicer still checks the caller's own rights within USER methods.
 BROKER_CLIENT_ACCESS: dict[str, Access] = {
     _BROKER + "OpenConnection": Access.USER,
     _BROKER + "Channel": Access.USER,

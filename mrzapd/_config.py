@@ -51,6 +51,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from audit import AuditConfig
 from auth import AuthConfig, OrgControls
 from mrzap.config import IdpConfig
 from mrzap.errors import InvalidArgument
@@ -201,6 +202,9 @@ class ServiceConfig:
     policy: PolicySettings = PolicySettings()
     """The policy role: the engine that decides."""
 
+    audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
+    """The audit role: how long session recordings are kept."""
+
     @classmethod
     def from_toml(cls, path: Path, data_dir: Path) -> ServiceConfig:
         """Read and validate a configuration file; errors name the file and the key."""
@@ -218,7 +222,17 @@ class ServiceConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], data_dir: Path) -> ServiceConfig:
         """Validate configuration given as a dictionary (the parsed TOML)."""
-        known = {"server", "storage", "org", "idp", "admins", "broker", "registry", "policy"}
+        known = {
+            "server",
+            "storage",
+            "org",
+            "idp",
+            "admins",
+            "broker",
+            "registry",
+            "policy",
+            "audit",
+        }
         unknown = set(raw) - known
         if unknown:
             raise InvalidArgument(f"unknown sections {sorted(unknown)}; known: {sorted(known)}")
@@ -270,7 +284,21 @@ class ServiceConfig:
             broker=BrokerSettings.from_table(_table(raw, "broker")),
             registry=_registry_config(_table(raw, "registry")),
             policy=PolicySettings.from_table(_table(raw, "policy")),
+            audit=_audit_config(_table(raw, "audit")),
         )
+
+
+def _audit_config(table: dict[str, Any]) -> AuditConfig:
+    """Validate the `[audit]` table: `recording_retention` and `purge_interval` durations."""
+    unknown = set(table) - {"recording_retention", "purge_interval"}
+    if unknown:
+        raise InvalidArgument(f"unknown keys in [audit]: {sorted(unknown)}")
+    return AuditConfig(
+        recording_retention_s=parse_duration(
+            table.get("recording_retention", "90d"), "audit.recording_retention"
+        ),
+        purge_interval_s=parse_duration(table.get("purge_interval", "1h"), "audit.purge_interval"),
+    )
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:

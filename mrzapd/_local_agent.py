@@ -1,9 +1,10 @@
 """The local agent of `mrzapd up`: this machine as a target of the embedded service.
 
 On first start it is registered with an activation token issued in-process (no registration key
-to hand around); afterwards its stored registration is reused. It runs as a child process that
-dials the service like any other agent, logs to a file in its directory, and is stopped (SIGTERM)
-before the service stops.
+to hand around); afterwards its stored registration is reused. Its local-policy.toml (written
+once, never overwritten) lets it serve the Unix user `mrzapd up` runs as. It runs as a child
+process that dials the service like any other agent, logs to a file in its directory, and is
+stopped (SIGTERM) before the service stops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from agent import AgentFiles
 from mrzap.errors import Unavailable
 
+from ._demo import ensure_local_policy
 from ._server import RunningServer
 
 __all__ = ["LocalAgent", "local_agent"]
@@ -33,6 +35,9 @@ class LocalAgent:
 
     name: str
     """The target's name."""
+
+    target_id: str
+    """The target's id, from its registration."""
 
     directory: Path
     """Its configuration directory (key, `agent.toml`, `agent.log`)."""
@@ -67,12 +72,20 @@ async def _register(running: RunningServer, directory: Path, name: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def local_agent(running: RunningServer, data_dir: Path) -> AsyncIterator[LocalAgent]:
-    """Register the local agent on first use, run it while the context lasts, then stop it."""
+async def local_agent(
+    running: RunningServer, data_dir: Path, target_user: str
+) -> AsyncIterator[LocalAgent]:
+    """Register the local agent on first use, run it while the context lasts, then stop it.
+
+    `target_user` is the Unix user its local policy allows, unless that file exists already.
+    """
     directory = data_dir / "agent"
     name = socket.gethostname().split(".")[0] or "local"
-    if not AgentFiles(directory).registered():
+    files = AgentFiles(directory)
+    if not files.registered():
         await _register(running, directory, name)
+    config, _ = await asyncio.to_thread(files.load)
+    await asyncio.to_thread(ensure_local_policy, directory, target_user)
     with (directory / "agent.log").open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             *_agent_command("run", "--config-dir", str(directory)),
@@ -83,7 +96,7 @@ async def local_agent(running: RunningServer, data_dir: Path) -> AsyncIterator[L
             start_new_session=True,
         )
     try:
-        yield LocalAgent(name, directory)
+        yield LocalAgent(config.name or name, config.target_id, directory)
     finally:
         if process.returncode is None:
             process.terminate()

@@ -12,7 +12,14 @@ from contextlib import AbstractAsyncContextManager
 import grpc.aio
 
 from audit import MIGRATIONS as AUDIT_MIGRATIONS
-from audit import AuditLog, AuditServicer, AuditStore
+from audit import (
+    AuditLog,
+    AuditServicer,
+    AuditStore,
+    RecordingPurger,
+    Recordings,
+    RecordingStore,
+)
 from auth import MIGRATIONS as AUTH_MIGRATIONS
 from auth import AuthService, AuthStore, SessionInterceptor
 from auth._servicer import AuthServicer
@@ -21,8 +28,21 @@ from bastion.auth.v1 import auth_service_pb2_grpc
 from bastion.broker.v1 import broker_service_pb2_grpc
 from bastion.policy.v1 import policy_service_pb2_grpc
 from bastion.registry.v1 import registry_service_pb2_grpc
+from broker import MIGRATIONS as BROKER_MIGRATIONS
 from broker import SERVER_OPTIONS as BROKER_SERVER_OPTIONS
-from broker import BrokerConfig, BrokerRole, BrokerServicer, load_or_create_broker_id
+from broker import (
+    BrokerConfig,
+    BrokerRole,
+    BrokerServicer,
+    ConnectedAgents,
+    Connections,
+    ConnectionStore,
+    RecordingIntake,
+    Revocations,
+    UserLocks,
+    load_or_create_broker_id,
+    recording_owner,
+)
 from mrzap.clock import SystemClock
 from mrzap.jwks import HttpJwksSource
 from mrzap.pktoken import PkTokenVerifier
@@ -43,7 +63,7 @@ from policy import (
     engine_from_spec,
 )
 from registry import MIGRATIONS as REGISTRY_MIGRATIONS
-from registry import Registry, RegistryServicer, RegistryStore, Sweeper
+from registry import Registry, RegistryServicer, RegistryStore, Sweeper, TargetVisibility
 
 from ._access import ACCESS
 from ._config import ServiceConfig
@@ -81,16 +101,28 @@ class RunningServer:
     grants: LocalGrantIssuer
     """Signs grants for allowed connection requests, and revocations."""
     service_credential: ServiceCredential
+    connections: Connections | None = None
+    """The broker's connection records."""
+    revocations: Revocations | None = None
+    """Revocations issued and pushed to agents."""
+    recording_purger: RecordingPurger | None = None
+    """Deletes recordings past the audit retention period."""
     """What other roles present to call the policy role's service-only methods."""
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop background work, finish in-flight calls (up to `grace_s`), close the database."""
         await self.sweeper.stop()
+        if self.recording_purger is not None:
+            await self.recording_purger.stop()
         # Refuse new calls first, so that agents told to leave cannot reconnect to this process
         # (and hold it up for the whole grace period); then tell connected agents to go.
         stopping = asyncio.ensure_future(self.server.stop(grace_s))
         await asyncio.sleep(0)
         await self.broker.shutdown()
+        if self.revocations is not None:
+            await self.revocations.stop()
+        if self.connections is not None:
+            await self.connections.stop()
         await stopping
         await self.decider.close()
         await self.database.close()
@@ -102,7 +134,13 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     tls = ensure_server_tls(config.data_dir / "tls", config.server.tls_hosts)
     database = Database(config.database)
     # Alembic and key files are synchronous; keep them off the event loop.
-    migrations = [AUTH_MIGRATIONS, AUDIT_MIGRATIONS, REGISTRY_MIGRATIONS, POLICY_MIGRATIONS]
+    migrations = [
+        AUTH_MIGRATIONS,
+        AUDIT_MIGRATIONS,
+        REGISTRY_MIGRATIONS,
+        POLICY_MIGRATIONS,
+        BROKER_MIGRATIONS,
+    ]
     await asyncio.to_thread(database.migrate, migrations)
     grant_keys = await asyncio.to_thread(GrantKeyring.load_or_create, config.data_dir / "keys")
     credential = await asyncio.to_thread(ServiceCredential.load_or_create, config.data_dir)
@@ -110,6 +148,7 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     auth_store = AuthStore(database)
     auth = AuthService(config.auth, auth_store, tokens)
     audit = AuditLog(AuditStore(database))
+    recordings = Recordings(RecordingStore(database), audit)
     registry = Registry(RegistryStore(database), audit, config.registry)
     policies = PolicyStore(database)
 
@@ -131,9 +170,19 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     interceptor = AuthorizationInterceptor(SessionInterceptor(auth, ACCESS), decider, audit)
     server = grpc.aio.server(interceptors=[interceptor], options=BROKER_SERVER_OPTIONS)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(audit, recordings), server
+    )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(registry, auth, grant_keys.public_keys, config.auth.idp), server
+        RegistryServicer(
+            registry,
+            auth,
+            grant_keys.public_keys,
+            config.auth.idp,
+            # Users see the targets the policies could let them reach, JIT access included.
+            TargetVisibility(policies, access_requests.active_access),
+        ),
+        server,
     )
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(
         PolicyServicer(
@@ -151,6 +200,12 @@ async def start_server(config: ServiceConfig) -> RunningServer:
         server,
     )
     broker_id = await asyncio.to_thread(load_or_create_broker_id, config.data_dir / "broker-id")
+    # Revocations in force go to every agent right after its Welcome, so they share the table.
+    agents = ConnectedAgents()
+    connection_store = ConnectionStore(database)
+    revocations = Revocations(grants, agents, connection_store)
+    # Agents' recording chunks are verified by the broker and stored by the audit role.
+    recording_intake = RecordingIntake(recordings, registry)
     broker = BrokerRole(
         BrokerConfig(
             broker_id=broker_id,
@@ -158,10 +213,26 @@ async def start_server(config: ServiceConfig) -> RunningServer:
             keepalive_interval_s=config.broker.keepalive_interval_s,
         ),
         registry,
+        agents=agents,
+        on_welcome=revocations.welcome,
+        recordings=recording_intake,
     )
+    connections = Connections(connection_store, audit, broker_id, broker.relay)
+    # A revocation ends this broker's client channels at once (ABORTED), and a user's
+    # revocation (a lock) closes their connection records.
+    revocations.listen(connections.abort_revoked)
+    revocations.after_revoke(connections.close_revoked_users)
+    recording_intake.resolve_user = recording_owner(connections, auth_store)
     broker.add_to_server(server)
     broker_service_pb2_grpc.add_BrokerServiceServicer_to_server(
-        BrokerServicer(grants, broker.relay), server
+        BrokerServicer(
+            grants,
+            broker.relay,
+            connections=connections,
+            revocations=revocations,
+            locks=UserLocks(auth, revocations, audit, connections.live_ids_of),
+        ),
+        server,
     )
     # The chain includes the CA, so agents can pin it by fingerprint on first contact.
     credentials = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_chain())])
@@ -173,6 +244,9 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     sweeper = Sweeper(registry)
     sweeper.start()
     broker.start()
+    revocations.start()
+    recording_purger = RecordingPurger(recordings, config.audit)
+    recording_purger.start()
     return RunningServer(
         server,
         port,
@@ -188,6 +262,9 @@ async def start_server(config: ServiceConfig) -> RunningServer:
         access_requests=access_requests,
         grants=grants,
         service_credential=credential,
+        connections=connections,
+        revocations=revocations,
+        recording_purger=recording_purger,
     )
 
 

@@ -3,7 +3,10 @@
 It keeps everything in one data directory: a development IdP configuration with two demo users
 (passwords generated on first run and kept in a 0600 file), the service configuration, TLS
 material, the SQLite database and the local agent's registration. The IdP and the local agent run
-as child processes, the service roles in this one; Ctrl-C stops all three.
+as child processes, the service roles in this one; Ctrl-C (or SIGTERM) stops all three.
+
+The demo users may open shells and run commands on the local target as the Unix user `mrzapd up`
+runs as: a policy and the agent's local policy say so (`_demo`), and the banner says how.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mrzap.keys import write_secret_file
 from mrzap.process import ChildProcess
 
 from ._config import PolicySettings, ServiceConfig
+from ._demo import ensure_demo_policy, local_unix_user
 from ._local_agent import LocalAgent, local_agent
 from ._server import RunningServer, serve_until_stopped
 
@@ -71,23 +75,35 @@ def _service_config(data_dir: Path, port: int, idp_port: int) -> Path:
 
 
 def _banner(
-    running: RunningServer, passwords: dict[str, str], issuer: str, agent: LocalAgent
+    running: RunningServer,
+    passwords: dict[str, str],
+    issuer: str,
+    agent: LocalAgent,
+    passwords_file: Path,
+    target_user: str,
 ) -> str:
     users = "\n".join(
         f"      {user:<6} password {password}" for user, password in passwords.items()
     )
+    target = f"{target_user}@{agent.name}"
     return f"""
 mrzap is up.
   service       127.0.0.1:{running.port} (TLS; CA certificate {running.tls.ca_cert})
   dev IdP       {issuer}
   local agent   target "{agent.name}" (log {agent.directory / "agent.log"})
-  demo users (alice is an administrator):
+  demo users (alice is an administrator; passwords in {passwords_file}):
 {users}
+  demo policy   both may connect to "{agent.name}" as the Unix user {target_user}
 
 Log in (a browser opens; add --no-browser to get the URL instead):
   .venv/bin/zli login --server 127.0.0.1:{running.port} --ca-file {running.tls.ca_cert}
   .venv/bin/zli whoami
   .venv/bin/zli targets list            # "{agent.name}" is this machine, online
+Then:
+  .venv/bin/zli connect {target}
+  .venv/bin/zli exec {target} -- uname -a
+  .venv/bin/zli connections list
+  .venv/bin/zli recording list
   .venv/bin/zli agent install-command   # how to add another machine
 
 Press Ctrl-C to stop everything.
@@ -128,8 +144,13 @@ def run_up(
 
         @contextlib.asynccontextmanager
         async def alongside(running: RunningServer) -> AsyncIterator[None]:
-            async with local_agent(running, data_dir) as agent:
-                print(_banner(running, passwords, issuer, agent), flush=True)
+            target_user = local_unix_user()
+            async with local_agent(running, data_dir, target_user) as agent:
+                emails = [email for _, email, *_ in _DEMO_USERS]
+                await ensure_demo_policy(running, emails, agent.target_id, target_user)
+                passwords_file = idp_dir / "demo-passwords"
+                banner = _banner(running, passwords, issuer, agent, passwords_file, target_user)
+                print(banner, flush=True)
                 yield
 
         asyncio.run(serve_until_stopped(config, alongside))

@@ -32,7 +32,16 @@ from ._engine import PolicyEngine, engine_from_spec
 from ._grant_keys import GrantKey, GrantKeyring
 from ._grants import GrantIssuer, IssuedGrant, LocalGrantIssuer, RemoteGrantIssuer
 from ._migrations import MIGRATIONS
-from ._model import Decision, Effect, Principal, Reason
+from ._model import (
+    Decision,
+    Effect,
+    Principal,
+    Reason,
+    SubjectSelector,
+    TargetConnectRules,
+    TargetSelector,
+    Verb,
+)
 from ._service_credential import ServiceCredential
 from ._servicer import ACCESS, PolicyServicer, UserLookup
 from ._store import PolicyStore
@@ -60,7 +69,11 @@ __all__ = [
     "Reason",
     "RemoteGrantIssuer",
     "ServiceCredential",
+    "SubjectSelector",
+    "TargetConnectRules",
+    "TargetSelector",
     "UserLookup",
+    "Verb",
     "engine_from_spec",
     "principal_of",
 ]

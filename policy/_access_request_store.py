@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from collections.abc import AsyncIterator, Collection
-from typing import Any, cast
+from collections.abc import Collection
 
 from sqlalchemy import (
     ColumnElement,
-    CursorResult,
     Float,
     Integer,
     String,
@@ -31,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
 __all__ = ["AccessRequest", "AccessRequestState", "AccessRequestStore"]
 
@@ -145,11 +143,9 @@ class AccessRequestStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """A session in a transaction that commits when the block ends without an exception."""
-        async with self._db.session() as s, s.begin():
-            yield s
+        return self._db.transaction()
 
     async def add(self, s: AsyncSession, request: AccessRequest) -> None:
         """Store a new request (in the caller's transaction)."""
@@ -207,7 +203,7 @@ class AccessRequestStore:
                 expires_at=expires_at,
             )
         )
-        return cast("CursorResult[Any]", result).rowcount == 1
+        return rowcount(result) == 1
 
     async def search(
         self,

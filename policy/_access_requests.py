@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from audit import AuditLog
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from mrzap.paging import decode_page_token, encode_page_token
+from mrzap.paging import decode_time_token, encode_time_token
 
 from ._access_request_store import AccessRequest, AccessRequestState, AccessRequestStore
 from ._audit_events import change_event
@@ -193,13 +193,13 @@ class AccessRequests:
             requester_user_id=principal.user_id,
             decidable_policy_ids=decidable,
             states=states,
-            after=_cursor(page_token),
+            after=decode_time_token(page_token),
             limit=limit + 1,
         )
         page = requests[:limit]
         next_token = ""
         if len(requests) > limit:
-            next_token = encode_page_token((repr(page[-1].created_at), page[-1].id))
+            next_token = encode_time_token(page[-1].created_at, page[-1].id)
         return page, next_token
 
     async def active_access(self) -> Sequence[ActiveAccess]:
@@ -321,16 +321,6 @@ class AccessRequests:
     async def _changed(self) -> None:
         if self._on_change is not None:
             await self._on_change()
-
-
-def _cursor(page_token: str) -> tuple[float, str] | None:
-    cursor = decode_page_token(page_token)
-    if cursor is None:
-        return None
-    try:
-        return float(cursor[0]), cursor[1]
-    except ValueError:
-        raise InvalidArgument("the page token is not valid") from None
 
 
 def _shown_duration(value_s: float) -> str:

@@ -23,7 +23,6 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
-    CursorResult,
     Float,
     Integer,
     String,
@@ -36,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mrzap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
 from ._model import (
     Destination,
@@ -125,11 +124,9 @@ class PolicyStore:
         """The database the tables live in."""
         return self._db
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """A session in a transaction that commits when the block ends without an exception."""
-        async with self._db.session() as s, s.begin():
-            yield s
+        return self._db.transaction()
 
     @contextlib.asynccontextmanager
     async def _in(self, s: AsyncSession | None) -> AsyncIterator[AsyncSession]:
@@ -260,15 +257,12 @@ class PolicyStore:
                 ):
                     raise AlreadyExists(f"a policy named {name!r} exists")
                 version, created_at = row.version, row.created_at
-                result = cast(
-                    "CursorResult[Any]",
-                    await tx.execute(
-                        update(_PolicyRow)
-                        .where(_PolicyRow.id == policy_id, _PolicyRow.version == version)
-                        .values(name=name, version=version + 1, updated_at=now)
-                    ),
+                result = await tx.execute(
+                    update(_PolicyRow)
+                    .where(_PolicyRow.id == policy_id, _PolicyRow.version == version)
+                    .values(name=name, version=version + 1, updated_at=now)
                 )
-                if result.rowcount != 1:
+                if rowcount(result) != 1:
                     raise FailedPrecondition(
                         f"policy {policy_id!r} changed meanwhile: read it again and retry"
                     )

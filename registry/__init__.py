@@ -10,6 +10,9 @@ through the `TargetDirectory` methods of `Registry` (ONLINE, keepalives, OFFLINE
 (OFFLINE, TERMINATED). Every transition is in the target's state history and, with every refusal,
 in the audit log.
 
+Targets are listed to every logged-in caller, narrowed for non-administrators to those a target
+connect policy could let them reach (`TargetVisibility`, reading the policy role's policies).
+
 Servicer -> `Registry` (domain) -> `RegistryStore` (SQL tables owned by this role, `registry_*`).
 """
 
@@ -34,9 +37,11 @@ from ._store import (
     StateChange,
     Target,
     TargetFilter,
+    TargetScope,
     TargetState,
 )
 from ._sweeper import Sweeper
+from ._visibility import TargetVisibility
 
 __all__ = [
     "ACCESS",
@@ -57,5 +62,7 @@ __all__ = [
     "Sweeper",
     "Target",
     "TargetFilter",
+    "TargetScope",
     "TargetState",
+    "TargetVisibility",
 ]

@@ -3,6 +3,11 @@
 `CreateActivationToken` and `RegisterAgent` are PUBLIC for the session interceptor because they
 carry their own credential (a registration key, an activation token); an administrator may also
 call `CreateActivationToken` with a session (or an administrator's API key) instead of a key.
+
+`ListTargets` and `GetTarget` are open to every logged-in caller: administrators see every
+target, others only those a target connect policy could let them reach (registry/_visibility.py).
+A target outside a caller's view is NOT_FOUND, with the message of an unknown id, so users cannot
+probe for targets they may not use.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ from bastion.policy.v1 import policy_service_pb2 as policy_pb
 from bastion.registry.v1 import registry_service_pb2 as pb
 from bastion.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from mrzap.config import IdpConfig
-from mrzap.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from mrzap.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from mrzap.rpc import bearer_token
 from mrzap.timestamps import from_duration, to_duration, to_timestamp
-from policy import GrantKey
+from policy import GrantKey, principal_of
 
 from ._domain import AgentRegistration, Registry
-from ._store import Environment, RegistrationKey, StateChange, Target, TargetFilter, TargetState
+from ._store import (
+    Environment,
+    RegistrationKey,
+    StateChange,
+    Target,
+    TargetFilter,
+    TargetScope,
+    TargetState,
+)
+from ._validation import MAX_SHORT_LENGTH, loggable
+from ._visibility import TargetVisibility
 
 __all__ = ["ACCESS", "RegistryServicer", "target_message"]
 
@@ -41,8 +56,9 @@ ACCESS: dict[str, Access] = {
     _SERVICE + "RevokeRegistrationKey": Access.ADMIN,
     _SERVICE + "CreateActivationToken": Access.PUBLIC,
     _SERVICE + "RegisterAgent": Access.PUBLIC,
-    _SERVICE + "ListTargets": Access.ADMIN,
-    _SERVICE + "GetTarget": Access.ADMIN,
+    # Any logged-in caller; the servicer narrows what non-administrators see.
+    _SERVICE + "ListTargets": Access.USER,
+    _SERVICE + "GetTarget": Access.USER,
     _SERVICE + "RenameTarget": Access.ADMIN,
     _SERVICE + "DeleteTarget": Access.ADMIN,
 }
@@ -119,7 +135,12 @@ def _actor(caller: Caller, context: _Context) -> Actor:
     return Actor(user_id=caller.user_id, api_key_id=caller.api_key_id, address=context.peer())
 
 
-def _target_filter(request: pb.ListTargetsRequest) -> TargetFilter:
+def _unknown_target(target_id: str) -> str:
+    """The message of `Registry.get_target` for an id it does not know, word for word."""
+    return f"no target with id {loggable(target_id, MAX_SHORT_LENGTH)!r}"
+
+
+def _target_filter(request: pb.ListTargetsRequest, scope: TargetScope | None) -> TargetFilter:
     states = set()
     for value in request.states:
         try:
@@ -130,6 +151,7 @@ def _target_filter(request: pb.ListTargetsRequest) -> TargetFilter:
         environment_ids=frozenset(request.environment_ids),
         states=frozenset(states),
         name=request.name,
+        scope=scope,
     )
 
 
@@ -142,8 +164,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         auth: AuthService,
         grant_keys: Sequence[GrantKey],
         idp: IdpConfig,
+        visibility: TargetVisibility,
     ) -> None:
         self._registry = registry
+        self._visibility = visibility
         self._auth = auth
         self._grant_keys = [_grant_key_message(key) for key in grant_keys]
         self._idp = _idp_message(idp)
@@ -278,12 +302,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             idp=self._idp,
         )
 
+    async def _scope(self) -> TargetScope | None:
+        """The targets the caller may see; None for administrators, who see them all."""
+        caller = current_caller()
+        if caller.is_admin:
+            return None
+        return await self._visibility.scope(principal_of(caller))
+
     async def ListTargets(
         self, request: pb.ListTargetsRequest, context: _Context
     ) -> pb.ListTargetsResponse:
-        """A page of targets, filtered, by name (administrators only)."""
+        """A page of the targets the caller may see, filtered, by name."""
+        # The filter is checked before the policies are read: a bad request costs nothing.
+        _target_filter(request, None)
         targets, next_token = await self._registry.list_targets(
-            _target_filter(request), request.page_size, request.page_token
+            _target_filter(request, await self._scope()), request.page_size, request.page_token
         )
         return pb.ListTargetsResponse(
             targets=[target_message(t) for t in targets], next_page_token=next_token
@@ -292,8 +325,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetTarget(
         self, request: pb.GetTargetRequest, context: _Context
     ) -> pb.GetTargetResponse:
-        """One target and its state history (administrators only)."""
+        """One target the caller may see, and its state history."""
         target, history = await self._registry.target_history(request.target_id)
+        scope = await self._scope()
+        if scope is not None and not scope.covers(target):
+            # The answer for an unknown id: whether the target exists is not the user's business.
+            raise NotFound(_unknown_target(request.target_id))
         return pb.GetTargetResponse(
             target=target_message(target), state_changes=[_state_change(c) for c in history]
         )

@@ -12,11 +12,9 @@ import contextlib
 import dataclasses
 import enum
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
-from typing import Any, cast
+from collections.abc import Collection, Mapping
 
 from sqlalchemy import (
-    CursorResult,
     Float,
     ForeignKey,
     Integer,
@@ -33,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mrzap.errors import AlreadyExists
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
 __all__ = [
     "ActivationToken",
@@ -43,6 +41,7 @@ __all__ = [
     "StateChange",
     "Target",
     "TargetFilter",
+    "TargetScope",
     "TargetState",
     "new_id",
 ]
@@ -198,12 +197,31 @@ class StateChange:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetScope:
+    """The targets a caller may see: these targets, and every target in these environments."""
+
+    target_ids: frozenset[str] = frozenset()
+    environment_ids: frozenset[str] = frozenset()
+
+    def covers(self, target: Target) -> bool:
+        """Whether `target` is in the scope."""
+        return target.id in self.target_ids or target.environment_id in self.environment_ids
+
+    @property
+    def empty(self) -> bool:
+        """Whether the scope holds no target at all."""
+        return not self.target_ids and not self.environment_ids
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetFilter:
     """Which targets to list; conditions combine with AND, and empty ones match everything."""
 
     environment_ids: frozenset[str] = frozenset()
     states: frozenset[TargetState] = frozenset()
     name: str = ""
+    scope: TargetScope | None = None
+    """Only targets in this scope (a caller's visible targets); None means every target."""
 
 
 def _environment(row: _EnvironmentRow) -> Environment:
@@ -255,21 +273,15 @@ def _target(row: _TargetRow) -> Target:
     )
 
 
-def _rowcount(result: Any) -> int:  # noqa: ANN401 - what AsyncSession.execute returns for DML
-    return cast("CursorResult[Any]", result).rowcount
-
-
 class RegistryStore:
     """Reads and writes the registry role's tables."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """A session in a transaction that commits when the block ends without an exception."""
-        async with self._db.session() as s, s.begin():
-            yield s
+        return self._db.transaction()
 
     # The organisation.
 
@@ -388,7 +400,7 @@ class RegistryStore:
                 .where(_RegistrationKeyRow.id == key_id, _RegistrationKeyRow.revoked_at.is_(None))
                 .values(secret_hash=secret_hash, rotated_at=now)
             )
-            return _rowcount(result) == 1
+            return rowcount(result) == 1
 
     async def revoke_registration_key(self, key_id: str, now: float) -> None:
         """Mark a key revoked (keeping the time of a first revocation)."""
@@ -430,7 +442,7 @@ class RegistryStore:
             )
             .values(used_at=now)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     async def forget_activation_tokens(self, expired_before: float) -> int:
         """Delete tokens that expired before `expired_before`; returns how many."""
@@ -438,7 +450,7 @@ class RegistryStore:
             result = await s.execute(
                 delete(_ActivationTokenRow).where(_ActivationTokenRow.expires_at < expired_before)
             )
-            return _rowcount(result)
+            return rowcount(result)
 
     # Targets.
 
@@ -487,6 +499,14 @@ class RegistryStore:
             query = query.where(_TargetRow.state.in_(sorted(s.name for s in search.states)))
         if search.name:
             query = query.where(_TargetRow.name == search.name)
+        if search.scope is not None:
+            if search.scope.empty:
+                return []
+            # In the query, not after it, so pages stay full and the page token stays right.
+            query = query.where(
+                _TargetRow.id.in_(sorted(search.scope.target_ids))
+                | _TargetRow.environment_id.in_(sorted(search.scope.environment_ids))
+            )
         if after is not None:
             name, target_id = after
             query = query.where(
@@ -500,7 +520,7 @@ class RegistryStore:
         result = await s.execute(
             update(_TargetRow).where(_TargetRow.id == target_id).values(**values)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     async def transition(
         self,
@@ -534,7 +554,7 @@ class RegistryStore:
         result = await s.execute(
             query.values(state=state.name, state_changed_at=now, **(values or {}))
         )
-        if _rowcount(result) != 1:
+        if rowcount(result) != 1:
             return False
         await s.execute(
             insert(_StateChangeRow).values(
@@ -554,7 +574,7 @@ class RegistryStore:
         query = delete(_TargetRow).where(_TargetRow.id == target_id)
         if only_in is not None:
             query = query.where(_TargetRow.state == only_in.name)
-        return _rowcount(await s.execute(query)) == 1
+        return rowcount(await s.execute(query)) == 1
 
     async def mark_seen(self, target_ids: Collection[str], when: float) -> set[str]:
         """Set last_seen for all these targets in one statement; the ids of those that exist."""

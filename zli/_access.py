@@ -26,6 +26,7 @@ from ._format import (
     table,
     to_json,
 )
+from ._listing import echo_list, pages
 from ._policy_names import policies
 
 __all__ = ["STATES", "access_group"]
@@ -119,23 +120,20 @@ def list_command(
     request = policy_pb.ListAccessRequestsRequest(
         page_size=_PAGE_SIZE, states=[STATES[s] for s in states]
     )
-    found: list[policy_pb.AccessRequest] = []
-    while True:
+
+    def fetch(token: str) -> tuple[Sequence[policy_pb.AccessRequest], str]:
+        request.page_token = token
         answer = service.call(service.policy.ListAccessRequests, request)
-        found.extend(answer.access_requests)
-        if not answer.next_page_token or not all_pages:
-            break
-        request.page_token = answer.next_page_token
-    if as_json:
-        click.echo(to_json(found))
-        return
-    if not found:
-        click.echo("No access requests.")
-        return
-    names = _policy_names(service)
-    click.echo(_table(found, names))
-    if answer.next_page_token and not all_pages:
-        click.echo(f"(only the {_PAGE_SIZE} newest: add --all-pages for every one)", err=True)
+        return answer.access_requests, answer.next_page_token
+
+    found, more = pages(fetch, all_pages)
+    echo_list(
+        found,
+        as_json=as_json,
+        empty="No access requests.",
+        render=lambda shown: _table(shown, _policy_names(service)),
+        more=f"(only the {_PAGE_SIZE} newest: add --all-pages for every one)" if more else None,
+    )
 
 
 def _table(found: Sequence[policy_pb.AccessRequest], names: dict[str, str]) -> str:

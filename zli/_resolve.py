@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from bastion.registry.v1 import registry_service_pb2 as registry_pb
-from mrzap.errors import InvalidArgument, NotFound
+from mrzap.errors import InvalidArgument, NotFound, PermissionDenied
 
 from ._client import Client
 
@@ -19,6 +19,7 @@ __all__ = [
     "environment",
     "environment_names",
     "environments",
+    "is_uuid",
     "registration_key_id",
     "registration_keys",
     "target",
@@ -82,20 +83,31 @@ def environment(client: Client, ref: str) -> registry_pb.Environment:
 
 
 def environment_names(client: Client) -> dict[str, str]:
-    """Environment names by id."""
-    return {env.id: env.name for env in environments(client)}
+    """Environment names by id; empty for users who may not list environments (ids are shown)."""
+    try:
+        return {env.id: env.name for env in environments(client)}
+    except PermissionDenied:
+        return {}
 
 
 def target(client: Client, ref: str) -> registry_pb.GetTargetResponse:
-    """The target whose name (or id) is `ref`, with its state history."""
+    """The target whose name (or id) is `ref`, with its state history.
+
+    Users who are not administrators find only the targets the policies let them reach.
+    """
     request = registry_pb.ListTargetsRequest(name=ref, page_size=2)
     named = client.call(client.registry.ListTargets, request).targets
     if len(named) == 1:
         target_id = named[0].id
-    elif _is_uuid(ref):
+    elif is_uuid(ref):
         target_id = ref
+    elif named:
+        raise InvalidArgument(
+            f"several targets are named {ref!r}: name one by id "
+            "(`zli targets list --name` shows them)"
+        )
     else:
-        raise NotFound(f"no target named {ref!r}: `zli targets list` shows them")
+        raise NotFound(f"no target named {ref!r}: `zli targets list` shows those you may see")
     return client.call(client.registry.GetTarget, registry_pb.GetTargetRequest(target_id=target_id))
 
 
@@ -131,7 +143,8 @@ def api_key_id(client: Client, ref: str) -> str:
     return _pick("API key", ref, api_keys(client))
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
+    """Whether `text` is a UUID, as ids are: such a reference needs no lookup."""
     try:
         uuid.UUID(text)
     except ValueError:

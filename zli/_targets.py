@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import click
 
 from bastion.registry.v1 import registry_service_pb2 as registry_pb
+from mrzap.errors import PermissionDenied
 
 from . import _resolve
+from ._client import Client
 from ._context import client
 from ._errors import clear_errors
 from ._format import (
@@ -20,6 +23,7 @@ from ._format import (
     time_text,
     to_json,
 )
+from ._listing import echo_list, pages
 
 __all__ = ["targets_group"]
 
@@ -59,31 +63,28 @@ def list_command(
     all_pages: bool,
     as_json: bool,
 ) -> None:
-    """List targets, by name."""
+    """List the targets you may reach (administrators: every target), by name."""
     service = client(ctx)
     env_names = _resolve.environment_names(service)
-    env_ids = [_resolve.environment(service, env).id for env in envs]
+    env_ids = [_environment_id(service, env) for env in envs]
     request = registry_pb.ListTargetsRequest(
         page_size=FIRST_PAGE,
         environment_ids=env_ids,
         states=[TARGET_STATES[state] for state in states],
         name=name,
     )
-    targets: list[registry_pb.Target] = []
-    while True:
+
+    def fetch(token: str) -> tuple[Sequence[registry_pb.Target], str]:
+        request.page_token = token
         answer = service.call(service.registry.ListTargets, request)
-        targets.extend(answer.targets)
-        if not answer.next_page_token or not all_pages:
-            break
-        request.page_token = answer.next_page_token
-    if as_json:
-        click.echo(to_json(targets))
-        return
-    if not targets:
-        click.echo("No targets.")
-        return
-    click.echo(
-        table(
+        return answer.targets, answer.next_page_token
+
+    targets, more = pages(fetch, all_pages)
+    echo_list(
+        targets,
+        as_json=as_json,
+        empty="No targets.",
+        render=lambda found: table(
             ("NAME", "STATE", "ENVIRONMENT", "HOSTNAME", "LAST SEEN (UTC)", "ID"),
             (
                 (
@@ -94,12 +95,11 @@ def list_command(
                     field_time(t, "last_seen_time"),
                     t.id,
                 )
-                for t in targets
+                for t in found
             ),
-        )
+        ),
+        more=f"(only the first {FIRST_PAGE}: add --all-pages for every target)" if more else None,
     )
-    if answer.next_page_token and not all_pages:
-        click.echo(f"(only the first {FIRST_PAGE}: add --all-pages for every target)", err=True)
 
 
 @targets_group.command("show")
@@ -140,6 +140,18 @@ def show_command(ctx: click.Context, target: str, as_json: bool) -> None:
             ((time_text(c.time), state_name(c.state), c.reason) for c in found.state_changes),
         )
     )
+
+
+def _environment_id(service: Client, ref: str) -> str:
+    """The id of environment `ref`; an id is taken as it is, as users may not list environments."""
+    if _resolve.is_uuid(ref):
+        return ref
+    try:
+        return _resolve.environment(service, ref).id
+    except PermissionDenied:
+        raise PermissionDenied(
+            f"only administrators may look environments up by name: give {ref!r} by its id"
+        ) from None
 
 
 def _when(target: registry_pb.Target, field: str) -> str:

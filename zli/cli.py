@@ -9,21 +9,46 @@ import click
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from mrzap import __version__, errors
 
-from ._access import access_group
-from ._agent import agent_group
 from ._client import ServiceClient
 from ._context import ZliContext, client, state_dir
-from ._environments import env_group
 from ._errors import EXIT_CODES, clear_errors
-from ._keys import keys_group
-from ._login import LoginOptions, login
-from ._policy import policy_group
-from ._targets import targets_group
+from ._lazy import LazyCommand, LazyGroup
 
 __all__ = ["EXIT_CODES", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _add_attach(connections: click.Command) -> None:
+    # `zli connections attach` lives with `zli connect` (zli._connect), the rest of the group
+    # with the connection records (zli._connections).
+    from ._connect import attach_command
+
+    assert isinstance(connections, click.Group)
+    connections.add_command(attach_command)
+
+
+#: Subcommands imported only when run (see zli._lazy): `zli exec` imports what it needs only.
+_LAZY = {
+    "access": LazyCommand("zli._access:access_group"),
+    "agent": LazyCommand("zli._agent:agent_group"),
+    "connect": LazyCommand("zli._connect:connect_command"),
+    "connections": LazyCommand("zli._connections:connections_group", then=_add_attach),
+    "env": LazyCommand("zli._environments:env_group"),
+    "exec": LazyCommand("zli._connect:exec_command"),
+    "keys": LazyCommand("zli._keys:keys_group"),
+    "lock": LazyCommand("zli._lock:lock_group"),
+    "logs": LazyCommand("zli._logs:logs_group"),
+    "policy": LazyCommand("zli._policy:policy_group"),
+    "recording": LazyCommand("zli._recording:recording_group"),
+    "targets": LazyCommand("zli._targets:targets_group"),
+    "unlock": LazyCommand("zli._lock:unlock_group"),
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=_LAZY,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="zli")
 @click.option(
     "--config-dir",
@@ -75,6 +100,8 @@ def login_command(
     ctx: click.Context, server: str, ca_file: str, no_browser: bool, timeout: int
 ) -> None:
     """Log in with your organisation's identity provider, then MFA."""
+    from ._login import LoginOptions, login  # only `zli login` needs the OIDC client
+
     options = LoginOptions(server, ca_file, open_browser=not no_browser, timeout_s=timeout)
     state = login(
         options,
@@ -131,7 +158,3 @@ def mfa_reset_command(ctx: click.Context, user: str) -> None:
     service = client(ctx)
     answer = service.call(service.auth.ResetMfa, auth_pb.ResetMfaRequest(user=user))
     click.echo(f"MFA reset for {answer.user.email or answer.user.id}; their sessions have ended.")
-
-
-for _group in (targets_group, env_group, keys_group, agent_group, policy_group, access_group):
-    main.add_command(_group)

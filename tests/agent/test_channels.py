@@ -126,6 +126,8 @@ class Client:
         while (message := await self.receive()) is not None:
             kind = message.WhichOneof("message")
             if kind == "exit":
+                # As zli does: half-close, or the broker holds the call open waiting for it.
+                await self.call.done_writing()
                 return bytes(out), bytes(err), message.exit
             data = message.stdout if kind == "stdout" else message.stderr
             (out if kind == "stdout" else err).extend(data)

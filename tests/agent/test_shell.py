@@ -312,7 +312,8 @@ def test_unknown_user_is_refused() -> None:
 def verified(
     action: str, message: object, *, sub: str = "alice-sub", expires: float = 0
 ) -> VerifiedSyn:
-    syn = mrzap_pb2.Syn(version=1, channel_id="c", target_id="t")
+    # Each SYN a channel of its own: a new connection's id is its channel id.
+    syn = mrzap_pb2.Syn(version=1, channel_id=str(uuid.uuid4()), target_id="t")
     getattr(syn, action).CopyFrom(message)
     grant = mrzap_pb2.Grant(
         grant_id=str(uuid.uuid4()),
@@ -393,6 +394,25 @@ async def test_sessions_end_connections_whose_grant_is_no_longer_valid(accounts:
         assert ended == [expire.result.connection_id]
         assert (await expire.session.wait()).signal == signal.SIGTERM
         assert sessions.get(keep.result.connection_id) is not None
+    finally:
+        await sessions.close_all()
+
+
+@pytest.mark.asyncio
+async def test_a_new_connection_is_named_by_its_channel_and_never_takes_a_running_id(
+    accounts: Accounts,
+) -> None:
+    sessions = Sessions()
+    try:
+        first = verified("exec", mrzap_pb2.Exec(target_user=accounts.first, command="sleep 60"))
+        started = await sessions.start(first)
+        assert started.result.connection_id == first.syn.channel_id
+        again = verified("exec", mrzap_pb2.Exec(target_user=accounts.first, command="sleep 60"))
+        again.syn.channel_id = first.syn.channel_id
+        with pytest.raises(VerificationError) as refused:
+            await sessions.start(again)
+        assert refused.value.reason is Reason.MALFORMED
+        assert len(sessions) == 1
     finally:
         await sessions.close_all()
 

@@ -8,6 +8,7 @@ tests/broker/harness.py): these tests are about what the broker relays, to whom,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ async def next_response(call: Any) -> pb.ChannelResponse:  # noqa: ANN401 - grpc
 
 
 async def status(call: Any) -> tuple[grpc.StatusCode, str]:  # noqa: ANN401 - grpc's call
+    # As zli does once the process ended: half-close, or the broker holds an orderly call open
+    # (bounded) waiting for it.
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await call.done_writing()
     code = await asyncio.wait_for(call.code(), READ_TIMEOUT_S)
     return code, await call.details()
 

@@ -34,11 +34,15 @@ class Cluster:
     server: str
     ca_file: Path
 
-    def zli(self, home: Path, *args: str, stdin: bool = False) -> ChildProcess:
-        """Start `zli` with its own config directory."""
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """The environment `zli` runs in as the user whose config directory is `home`."""
         env = {**os.environ, "MRZAP_CONFIG_DIR": str(home), "MRZAP_SERVER": self.server}
         env["MRZAP_CA_FILE"] = str(self.ca_file)
-        return ChildProcess([str(BIN / "zli"), *args], env=env, stdin=stdin)
+        return {**env, **extra}
+
+    def zli(self, home: Path, *args: str, stdin: bool = False) -> ChildProcess:
+        """Start `zli` with its own config directory."""
+        return ChildProcess([str(BIN / "zli"), *args], env=self.env(home), stdin=stdin)
 
 
 def free_port() -> int:

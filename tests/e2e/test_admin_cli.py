@@ -9,7 +9,6 @@ the administrator's commands, and an API key drives zli without a login until it
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -25,8 +24,7 @@ from .test_login import enrol
 
 def zli(cluster: Cluster, home: Path, *args: str, api_key: str = "") -> tuple[int, str]:
     """Run zli to the end; returns its exit code and everything it printed."""
-    env = {**os.environ, "MRZAP_CONFIG_DIR": str(home), "MRZAP_SERVER": cluster.server}
-    env["MRZAP_CA_FILE"] = str(cluster.ca_file)
+    env = cluster.env(home)
     env.pop("MRZAP_API_KEY", None)
     if api_key:
         env["MRZAP_API_KEY"] = api_key
@@ -132,7 +130,7 @@ def test_admin_registers_and_manages_a_target(
     code, output = zli(cluster, admin, "targets", "show", "web-1")
     assert (code, output.strip()) == (
         5,
-        "zli: no target named 'web-1': `zli targets list` shows them",
+        "zli: no target named 'web-1': `zli targets list` shows those you may see",
     )
 
     rotated = json.loads(

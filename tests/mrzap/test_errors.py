@@ -38,10 +38,10 @@ def test_every_class_has_its_own_code() -> None:
 
 
 def test_unmapped_code_keeps_the_code() -> None:
-    error = errors.from_status(grpc.StatusCode.ABORTED, None)
+    error = errors.from_status(grpc.StatusCode.DATA_LOSS, None)
     assert type(error) is errors.MrzapError
-    assert error.status_code is grpc.StatusCode.ABORTED
-    assert error.message == "aborted"
+    assert error.status_code is grpc.StatusCode.DATA_LOSS
+    assert error.message == "data loss"
 
 
 def test_verification_error_is_permission_denied() -> None:

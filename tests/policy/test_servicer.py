@@ -419,7 +419,7 @@ async def test_admin_methods_of_other_roles_are_decided_too(service: Service) ->
     user = await service.session("dev@example.com")
     registry = registry_grpc.RegistryServiceStub(service.channel)
     message = await refused(
-        registry.ListTargets(registry_pb.ListTargetsRequest(), metadata=user),
+        registry.ListRegistrationKeys(registry_pb.ListRegistrationKeysRequest(), metadata=user),
         grpc.StatusCode.PERMISSION_DENIED,
     )
     assert "only administrators" in message

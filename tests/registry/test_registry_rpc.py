@@ -21,6 +21,9 @@ from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from bastion.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from bastion.auth.v1 import auth_service_pb2_grpc as auth_grpc
+from bastion.mrzap.v1 import mrzap_pb2
+from bastion.policy.v1 import policy_service_pb2 as policy_pb
+from bastion.policy.v1 import policy_service_pb2_grpc as policy_grpc
 from bastion.registry.v1 import registry_service_pb2 as pb
 from bastion.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from mrzap import keys
@@ -136,13 +139,8 @@ def _admin_calls(
         (registry.ListRegistrationKeys, pb.ListRegistrationKeysRequest()),
         (registry.RotateRegistrationKey, pb.RotateRegistrationKeyRequest()),
         (registry.RevokeRegistrationKey, pb.RevokeRegistrationKeyRequest()),
-        (registry.ListTargets, pb.ListTargetsRequest()),
-        (registry.GetTarget, pb.GetTargetRequest()),
         (registry.RenameTarget, pb.RenameTargetRequest(name="x")),
         (registry.DeleteTarget, pb.DeleteTargetRequest()),
-        (audit.ListEvents, audit_pb.ListEventsRequest()),
-        (audit.ListRecordings, audit_pb.ListRecordingsRequest()),
-        (audit.ListRecordingChunks, audit_pb.ListRecordingChunksRequest()),
     ]
 
 
@@ -161,7 +159,8 @@ async def test_administrator_methods_refuse_anonymous_callers_and_users(
         assert denied.code() is grpc.StatusCode.PERMISSION_DENIED, call
     for streaming in (
         audit.ExportEvents(audit_pb.ExportEventsRequest()),
-        audit.WatchRecording(audit_pb.WatchRecordingRequest(), metadata=user),
+        # Users may read the audit log and recordings, but only their own (tests/audit).
+        audit.WatchRecording(audit_pb.WatchRecordingRequest()),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as stream_refused:
             await streaming.read()
@@ -371,14 +370,18 @@ async def test_administrators_search_the_audit_log(
     paged = await audit.ListEvents(audit_pb.ListEventsRequest(page_size=1), metadata=admin)
     assert len(paged.events) == 1
     assert paged.next_page_token
-    unimplemented = await refused(
-        audit.ListRecordings, audit_pb.ListRecordingsRequest(), metadata=admin
-    )
-    assert unimplemented.code() is grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as export:
-        await audit.ExportEvents(audit_pb.ExportEventsRequest(), metadata=admin).read()
-    assert export.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "not available" in (export.value.details() or "")
+    recordings = await audit.ListRecordings(audit_pb.ListRecordingsRequest(), metadata=admin)
+    assert list(recordings.recordings) == []
+    exported = [
+        response.event
+        async for response in audit.ExportEvents(
+            audit_pb.ExportEventsRequest(
+                filter=audit_pb.EventFilter(outcomes=[audit_pb.EVENT_OUTCOME_DENIED])
+            ),
+            metadata=admin,
+        )
+    ]
+    assert [e.id for e in exported][-1] == event.id  # oldest first
 
 
 @pytest.mark.asyncio
@@ -463,3 +466,122 @@ async def test_the_org_id_and_grant_keys_survive_a_restart(
         ]
     finally:
         await second.stop(0)
+
+
+async def _new_target(
+    registry: pb_grpc.RegistryServiceAsyncStub, admin: Metadata, name: str, environment_id: str = ""
+) -> str:
+    issued = await registry.CreateActivationToken(
+        pb.CreateActivationTokenRequest(target_name=name, environment_id=environment_id),
+        metadata=admin,
+    )
+    return issued.target.id
+
+
+def _shells(
+    name: str,
+    emails: list[str],
+    target_ids: list[str] = [],  # noqa: B006 - never mutated
+    environment_ids: list[str] = [],  # noqa: B006 - never mutated
+) -> policy_pb.CreatePolicyRequest:
+    return policy_pb.CreatePolicyRequest(
+        policy=policy_pb.Policy(
+            name=name,
+            target_connect=policy_pb.TargetConnectPolicy(
+                subjects=policy_pb.SubjectSelector(user_emails=emails),
+                targets=policy_pb.TargetSelector(
+                    target_ids=target_ids, environment_ids=environment_ids
+                ),
+                target_users=["dev"],
+                verbs=[mrzap_pb2.VERB_SHELL],
+            ),
+        )
+    )
+
+
+async def _names(
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    who: Metadata,
+    name: str = "",
+    environment_ids: tuple[str, ...] = (),
+) -> list[str]:
+    request = pb.ListTargetsRequest(name=name, environment_ids=environment_ids)
+    answer = await registry.ListTargets(request, metadata=who)
+    return [t.name for t in answer.targets]
+
+
+@pytest.mark.asyncio
+async def test_users_see_only_the_targets_a_policy_lets_them_reach(
+    channel: grpc.aio.Channel,
+    registry: pb_grpc.RegistryServiceAsyncStub,
+    admin: Metadata,
+    user: Metadata,
+) -> None:
+    policies = policy_grpc.PolicyServiceStub(channel)
+    lab = (
+        await registry.CreateEnvironment(pb.CreateEnvironmentRequest(name="lab"), metadata=admin)
+    ).environment
+    web = await _new_target(registry, admin, "web-1")
+    await _new_target(registry, admin, "db-1", lab.id)
+    await _new_target(registry, admin, "db-2", lab.id)
+    ops = await _new_target(registry, admin, "ops-1")
+    # No policy names alice yet: she sees nothing, and a target's id gets the unknown-id answer.
+    assert await _names(registry, user) == []
+    # Someone else's policy covers ops-1; alice's covers web-1 by id and every target in lab.
+    await policies.CreatePolicy(_shells("carol", ["carol@example.com"], [ops]), metadata=admin)
+    await policies.CreatePolicy(
+        _shells("alice", ["Alice@Example.com"], [web], [lab.id]), metadata=admin
+    )
+
+    assert await _names(registry, admin) == ["db-1", "db-2", "ops-1", "web-1"]
+    assert await _names(registry, user) == ["db-1", "db-2", "web-1"]
+    assert await _names(registry, user, name="ops-1") == []
+    assert await _names(registry, user, name="web-1") == ["web-1"]
+    # Filters and the scope combine, and pages stay full with the scope applied in the query.
+    assert await _names(registry, user, environment_ids=(lab.id,)) == ["db-1", "db-2"]
+    first = await registry.ListTargets(pb.ListTargetsRequest(page_size=2), metadata=user)
+    assert [t.name for t in first.targets] == ["db-1", "db-2"]
+    rest = await registry.ListTargets(
+        pb.ListTargetsRequest(page_size=2, page_token=first.next_page_token), metadata=user
+    )
+    assert ([t.name for t in rest.targets], rest.next_page_token) == (["web-1"], "")
+
+    got = await registry.GetTarget(pb.GetTargetRequest(target_id=web), metadata=user)
+    assert got.target.name == "web-1"
+    hidden = await refused(registry.GetTarget, pb.GetTargetRequest(target_id=ops), metadata=user)
+    assert hidden.code() is grpc.StatusCode.NOT_FOUND
+    # Word for word the answer for an id that does not exist: no probing for targets.
+    assert hidden.details() == f"no target with id {ops!r}"
+    assert (await registry.GetTarget(pb.GetTargetRequest(target_id=ops), metadata=admin)).target
+    # Seeing targets does not make a user an administrator of them.
+    rename = await refused(
+        registry.RenameTarget, pb.RenameTargetRequest(target_id=web, name="x"), metadata=user
+    )
+    assert rename.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.asyncio
+async def test_a_user_api_key_sees_the_targets_its_policies_name(
+    channel: grpc.aio.Channel, registry: pb_grpc.RegistryServiceAsyncStub, admin: Metadata
+) -> None:
+    auth = auth_grpc.AuthServiceStub(channel)
+    key = await auth.CreateApiKey(auth_pb.CreateApiKeyRequest(name="ci"), metadata=admin)
+    as_key = (("authorization", f"Bearer {key.secret}"),)
+    web = await _new_target(registry, admin, "web-1")
+    await _new_target(registry, admin, "web-2")
+    assert await _names(registry, as_key) == []
+    await policy_grpc.PolicyServiceStub(channel).CreatePolicy(
+        policy_pb.CreatePolicyRequest(
+            policy=policy_pb.Policy(
+                name="ci",
+                target_connect=policy_pb.TargetConnectPolicy(
+                    subjects=policy_pb.SubjectSelector(api_key_ids=[key.api_key.id]),
+                    targets=policy_pb.TargetSelector(target_ids=[web]),
+                    target_users=["deploy"],
+                    verbs=[mrzap_pb2.VERB_EXEC],
+                ),
+            )
+        ),
+        metadata=admin,
+    )
+    assert await _names(registry, as_key) == ["web-1"]

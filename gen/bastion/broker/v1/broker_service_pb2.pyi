@@ -332,6 +332,7 @@ class ListConnectionsRequest(_message.Message):
     TARGET_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    ALL_USERS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The most connections to return; the server picks a default when 0 and caps large values."""
     page_token: _builtins.str
@@ -340,6 +341,8 @@ class ListConnectionsRequest(_message.Message):
     """Only connections to this target; empty means any target."""
     user_id: _builtins.str
     """Only connections of this user; empty means the caller, and only administrators may name another user."""
+    all_users: _builtins.bool
+    """Connections of every user of the organisation (administrators only); user_id must be empty."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___ConnectionState.ValueType]:
         """Only connections in these states; empty means every state but CLOSED."""
@@ -352,10 +355,11 @@ class ListConnectionsRequest(_message.Message):
         target_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         states: _abc.Iterable[Global___ConnectionState.ValueType] | None = ...,
+        all_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states", "target_id", b"target_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "target_id", b"target_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -176,14 +176,19 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTargets(self, request, context):
-        """ListTargets lists targets the caller may see, filtered and paged.
+        """ListTargets lists targets the caller may see, filtered and paged. Administrators see every
+        target; other logged-in callers see only the targets some target connect policy could let
+        them reach (its subjects name them, or an approved just-in-time request gives its access, and
+        it covers the target by id or environment), with the same fields. Seeing a target grants
+        nothing: each connection is still decided and checked by the agent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTarget(self, request, context):
-        """GetTarget returns one target.
+        """GetTarget returns one target the caller may see (as for ListTargets); a target the caller may
+        not see is NOT_FOUND, exactly like an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

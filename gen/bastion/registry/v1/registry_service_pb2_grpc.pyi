@@ -61,9 +61,16 @@ class RegistryServiceStub:
     becomes REGISTERED and the agent learns what it must pin.
     """
     ListTargets: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListTargetsRequest, _registry_service_pb2.ListTargetsResponse]
-    """ListTargets lists targets the caller may see, filtered and paged."""
+    """ListTargets lists targets the caller may see, filtered and paged. Administrators see every
+    target; other logged-in callers see only the targets some target connect policy could let
+    them reach (its subjects name them, or an approved just-in-time request gives its access, and
+    it covers the target by id or environment), with the same fields. Seeing a target grants
+    nothing: each connection is still decided and checked by the agent.
+    """
     GetTarget: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetTargetRequest, _registry_service_pb2.GetTargetResponse]
-    """GetTarget returns one target."""
+    """GetTarget returns one target the caller may see (as for ListTargets); a target the caller may
+    not see is NOT_FOUND, exactly like an unknown id.
+    """
     RenameTarget: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.RenameTargetRequest, _registry_service_pb2.RenameTargetResponse]
     """RenameTarget changes a target's name; administrators only."""
     DeleteTarget: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteTargetRequest, _registry_service_pb2.DeleteTargetResponse]
@@ -100,9 +107,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     becomes REGISTERED and the agent learns what it must pin.
     """
     ListTargets: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListTargetsRequest, _registry_service_pb2.ListTargetsResponse]  # type: ignore[assignment]
-    """ListTargets lists targets the caller may see, filtered and paged."""
+    """ListTargets lists targets the caller may see, filtered and paged. Administrators see every
+    target; other logged-in callers see only the targets some target connect policy could let
+    them reach (its subjects name them, or an approved just-in-time request gives its access, and
+    it covers the target by id or environment), with the same fields. Seeing a target grants
+    nothing: each connection is still decided and checked by the agent.
+    """
     GetTarget: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetTargetRequest, _registry_service_pb2.GetTargetResponse]  # type: ignore[assignment]
-    """GetTarget returns one target."""
+    """GetTarget returns one target the caller may see (as for ListTargets); a target the caller may
+    not see is NOT_FOUND, exactly like an unknown id.
+    """
     RenameTarget: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.RenameTargetRequest, _registry_service_pb2.RenameTargetResponse]  # type: ignore[assignment]
     """RenameTarget changes a target's name; administrators only."""
     DeleteTarget: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteTargetRequest, _registry_service_pb2.DeleteTargetResponse]  # type: ignore[assignment]
@@ -196,7 +210,12 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.ListTargetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.ListTargetsResponse, _abc.Awaitable[_registry_service_pb2.ListTargetsResponse]]:
-        """ListTargets lists targets the caller may see, filtered and paged."""
+        """ListTargets lists targets the caller may see, filtered and paged. Administrators see every
+        target; other logged-in callers see only the targets some target connect policy could let
+        them reach (its subjects name them, or an approved just-in-time request gives its access, and
+        it covers the target by id or environment), with the same fields. Seeing a target grants
+        nothing: each connection is still decided and checked by the agent.
+        """
 
     @_abc_1.abstractmethod
     def GetTarget(
@@ -204,7 +223,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetTargetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetTargetResponse, _abc.Awaitable[_registry_service_pb2.GetTargetResponse]]:
-        """GetTarget returns one target."""
+        """GetTarget returns one target the caller may see (as for ListTargets); a target the caller may
+        not see is NOT_FOUND, exactly like an unknown id.
+        """
 
     @_abc_1.abstractmethod
     def RenameTarget(

@@ -1,0 +1,112 @@
+"""The local terminal and standard streams of `zli connect` and `zli exec`, without blocking.
+
+- `raw_mode` puts a terminal in raw mode (every key goes to the remote shell, Ctrl-C included)
+  and restores it on every way out;
+- `FdReader` reads what is available on a descriptor through the event loop's reader callbacks,
+  so one read takes everything typed or piped since the last one (one frame, not one per byte);
+- `FdWriter` writes through the loop with the descriptor non-blocking (restored afterwards), so a
+  slow terminal or pipe holds back only the output, and the agent's credit with it;
+- `window_size` reads a terminal's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import struct
+import termios
+import tty
+from collections.abc import Iterator
+
+__all__ = ["FdReader", "FdWriter", "raw_mode", "window_size"]
+
+_DEFAULT_SIZE = (24, 80)
+
+
+@contextlib.contextmanager
+def raw_mode(fd: int) -> Iterator[bool]:
+    """Raw mode on `fd` while inside, if it is a terminal; yields whether it is one."""
+    if not os.isatty(fd):
+        yield False
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSADRAIN)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def window_size(fd: int) -> tuple[int, int]:
+    """(rows, cols) of the terminal on `fd`; 24x80 when it is not a terminal."""
+    try:
+        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return _DEFAULT_SIZE
+    rows, cols, _, _ = struct.unpack("HHHH", packed)
+    return (rows or _DEFAULT_SIZE[0], cols or _DEFAULT_SIZE[1])
+
+
+class FdReader:
+    """Reads a descriptor when it is readable, without blocking the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes, as many as are available; b"" at end of file."""
+        while True:
+            waiting: asyncio.Future[None] = self._loop.create_future()
+            try:
+                self._loop.add_reader(self._fd, _wake, waiting)
+            except PermissionError:
+                # A regular file cannot be polled, and reading it never waits for anyone.
+                return os.read(self._fd, limit)
+            try:
+                await waiting
+            finally:
+                self._loop.remove_reader(self._fd)
+            try:
+                return os.read(self._fd, limit)
+            except BlockingIOError:
+                continue  # someone else (a shared terminal) took it first
+
+
+class FdWriter:
+    """Writes all of each buffer to a descriptor, waiting through the loop when it is full."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._was_blocking = os.get_blocking(fd)
+        os.set_blocking(fd, False)
+
+    def restore(self) -> None:
+        """Give the descriptor back in the mode it was found in (the shell after zli needs it)."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._fd, self._was_blocking)
+
+    async def write(self, data: bytes) -> None:
+        """Write all of `data`."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                written = 0
+            view = view[written:]
+            if view:
+                waiting: asyncio.Future[None] = self._loop.create_future()
+                self._loop.add_writer(self._fd, _wake, waiting)
+                try:
+                    await waiting
+                finally:
+                    self._loop.remove_writer(self._fd)
+
+
+def _wake(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)

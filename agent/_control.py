@@ -270,9 +270,15 @@ class ControlLoop:
         # Channels write from their own tasks; grpc allows one write at a time per call.
         write_lock = asyncio.Lock()
 
-        async def send(request: pb.ControlRequest) -> None:
+        async def write(request: pb.ControlRequest) -> None:
             async with write_lock:
                 await call.write(request)
+
+        async def send(request: pb.ControlRequest) -> None:
+            # grpc.aio cancels the whole call when a write is cancelled halfway, and a channel's
+            # tasks are cancelled whenever its client leaves: shielded, a write finishes in its
+            # own task, so one client leaving cannot take the agent offline with every channel.
+            await asyncio.shield(write(request))
 
         self.online = True
         self._log.info(

@@ -89,17 +89,20 @@ class ExecProcess:
 
     async def close(self) -> ExitStatus:
         """End the command (SIGTERM to its group, SIGKILL after a grace period) and wait."""
+        # Output nobody will read is drained meanwhile: asyncio reports the exit only once the
+        # pipes are closed, and a full pipe nobody reads would never close.
+        draining = asyncio.ensure_future(self._discard_output())
         if self._process.returncode is None:
             _signal_group(self._process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self._waiter), _TERMINATE_GRACE_S)
             except TimeoutError:
                 _signal_group(self._process.pid, signal.SIGKILL)
+        await draining
         status = await self.wait()
         stdin = self._process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()
-        await self._discard_output()
         return status
 
     async def _discard_output(self) -> None:

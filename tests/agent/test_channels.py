@@ -242,6 +242,31 @@ async def test_output_stops_at_the_clients_credit_and_resumes_with_more(setup: S
 
 
 @pytest.mark.asyncio
+async def test_clients_leaving_in_the_middle_of_output_leave_the_agent_online(
+    setup: Setup,
+) -> None:
+    # The agent is mostly writing a frame when such a client goes. grpc.aio cancels a whole call
+    # whose write is cancelled, so the control stream must not carry the leaving channel's
+    # cancellation: no other connection may notice, and the agent never reconnects.
+    for _ in range(10):
+        action = mrzap_pb2.Exec(target_user=ME, command="yes")
+        client = await connected(setup, mrzap_pb2.VERB_EXEC, action)
+        received = 0
+        while received < 2 * DEFAULT_WINDOW:
+            message = await client.receive()
+            assert message is not None
+            received += len(message.stdout)
+            await client.grant(len(message.stdout))
+        client.call.cancel()
+    after = await connected(
+        setup, mrzap_pb2.VERB_EXEC, mrzap_pb2.Exec(target_user=ME, command="echo on")
+    )
+    out, _, exit_ = await after.until_exit()
+    assert (out, exit_.code) == (b"on\n", 0)
+    assert len(setup.harness.directory.connections) == 1
+
+
+@pytest.mark.asyncio
 async def test_a_flipped_ciphertext_byte_ends_the_channel_and_runs_nothing(
     setup: Setup, tmp_path: Path
 ) -> None:

@@ -290,6 +290,17 @@ async def test_exec_close_ends_the_command_and_its_children(accounts: Accounts) 
 
 
 @pytest.mark.asyncio
+async def test_exec_close_ends_a_command_whose_output_nobody_reads(accounts: Accounts) -> None:
+    # The client left mid-output: the pipe is full and asyncio reports the exit only once the
+    # pipes are closed, so close() must drain them or wait forever.
+    process = await ExecProcess.start(TargetUser.lookup(accounts.first), "yes")
+    assert await asyncio.wait_for(process.read_stdout(), WAIT_S)
+    await asyncio.sleep(0.2)  # the pipe and the reader's buffer fill up
+    status = await asyncio.wait_for(process.close(), WAIT_S)
+    assert status.signal == signal.SIGTERM
+
+
+@pytest.mark.asyncio
 async def test_user_whose_shell_cannot_start_is_refused(accounts: Accounts) -> None:
     sessions = Sessions()
     with pytest.raises(VerificationError) as caught:

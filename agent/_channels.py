@@ -89,10 +89,13 @@ class _Channel:
                 )
             )
 
-    async def send_close(self, reason: str) -> None:
+    async def send_close(self, reason: str, *, detached: bool = False) -> None:
+        """End the channel; `detached` says its shell runs on for re-attachment."""
         await self._send(
             pb.ControlRequest(
-                channel_close=pb.ChannelClose(channel_id=self.channel_id, reason=reason)
+                channel_close=pb.ChannelClose(
+                    channel_id=self.channel_id, reason=reason, detached=detached
+                )
             )
         )
 
@@ -389,8 +392,10 @@ class AgentChannels:
                 )
             )
         await self._detach(channel)
+        # A shell outlives a broken channel: the broker records it as detached, not closed.
+        runs_on = isinstance(channel.session, PtyShell) and channel.session.exit_status is None
         with contextlib.suppress(Exception):
-            await channel.send_close(error.message)
+            await channel.send_close(error.message, detached=runs_on)
 
     async def _detach(self, channel: _Channel) -> None:
         """The client is gone: a shell keeps running for re-attachment, a command ends."""

@@ -1,7 +1,8 @@
 """The agent's end of the control stream (PROTOCOL.md section 7), and reconnection.
 
 One session: dial the broker, answer `Challenge{nonce}` with `Signed(AgentAuth)` under the agent
-key, wait for `Welcome`, then keep the stream alive until it ends:
+key, wait for `Welcome`, then keep the stream alive until it ends (the first session of the
+process says `started` right after Welcome, so the broker closes what ran here before):
 
 - every broker keepalive is answered at once;
 - the agent sends a keepalive of its own when it has sent nothing for the Welcome's interval;
@@ -182,6 +183,7 @@ class ControlLoop:
         self._credentials = grpc.ssl_channel_credentials(root_certificates=config.ca_pem)
         self.online = False
         """Whether the agent holds a welcomed stream right now."""
+        self._announced_start = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stay connected, reconnect; return once `stop` is set (after saying goodbye).
@@ -286,6 +288,10 @@ class ControlLoop:
             + f" (broker {welcome.broker_id}"
             + (f", region {welcome.region})" if welcome.region else ")")
         )
+        if not self._announced_start:
+            # Whatever the broker believes runs here from before this process has ended.
+            await send(pb.ControlRequest(started=pb.AgentStarted()))
+            self._announced_start = True
         recorder = None if self._channels is None else self._channels.recorder
         if recorder is not None:
             # Recording chunks queued while offline (and those maybe lost with the last stream)

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mrzap.storage import Database
+from mrzap.storage import Database, rowcount
 
 __all__ = ["ChunkRecord", "RecordingQuery", "RecordingRecord", "RecordingStore", "compress"]
 
@@ -195,14 +195,16 @@ class RecordingStore:
             .values(**values)
         )
 
-    async def set_state(self, connection_id: str, state: int) -> None:
-        """Change a recording's state (to INCOMPLETE when its chain broke)."""
+    async def set_state(
+        self, connection_id: str, state: int, *, only_from: int | None = None
+    ) -> bool:
+        """Change a recording's state (to INCOMPLETE when its chain broke), if it is in state
+        `only_from` (when given); whether it changed."""
+        query = update(_RecordingRow).where(_RecordingRow.connection_id == connection_id)
+        if only_from is not None:
+            query = query.where(_RecordingRow.state == only_from)
         async with self._db.session() as s, s.begin():
-            await s.execute(
-                update(_RecordingRow)
-                .where(_RecordingRow.connection_id == connection_id)
-                .values(state=state)
-            )
+            return rowcount(await s.execute(query.values(state=state))) == 1
 
     async def search(
         self, query: RecordingQuery, after: tuple[float, str] | None, limit: int

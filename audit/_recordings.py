@@ -112,6 +112,16 @@ class Recordings:
         await self._log.record_target(target_id, 0, message, outcome=Outcome.DENIED)
         self.wake(connection_id)
 
+    async def abandoned(self, connection_id: str) -> bool:
+        """The connection ended with its agent process: no more chunks can come, so a LIVE
+        recording becomes INCOMPLETE (a complete one stays as it is). Whether it changed."""
+        changed = await self.store.set_state(
+            connection_id, RecordingState.INCOMPLETE, only_from=RecordingState.LIVE
+        )
+        if changed:
+            self.wake(connection_id)
+        return changed
+
     def wake(self, connection_id: str) -> None:
         """Tell this process's watchers of `connection_id` that something changed."""
         for event in self._waiters.get(connection_id, ()):

@@ -15,6 +15,8 @@ limit. When the stream ends, the chunks already received are still stored, up to
 `ChunkQueues` gives every stream of one target the same queue while any of them is open: an agent
 that reconnects before the broker noticed its old stream die (the new stream supersedes it) sends
 chunks that must be stored after those the old stream received, or the chain would seem to skip.
+For the same reason a restarted agent's recordings are given up (`then`) only after the chunks
+already received are stored.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _log = logging.getLogger("mrzap.broker.recordings")
 
 #: Stores one chunk of an agent (`target_id`, the exact signed bytes); never raises for a bad one.
 Receive = Callable[[str, bytes], Awaitable[object]]
+#: Work about the target's recordings that must come after the chunks received before it.
+Work = Callable[[], Awaitable[object]]
 
 
 class ChunkQueue:
@@ -45,12 +49,17 @@ class ChunkQueue:
     ) -> None:
         self._receive = receive
         self._target_id = target_id
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_waiting)
+        self._queue: asyncio.Queue[bytes | Work | None] = asyncio.Queue(max_waiting)
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def put(self, raw: bytes) -> None:
         """Queue one chunk; waits only while `max_waiting` chunks are queued already."""
         await self._queue.put(raw)
+
+    async def then(self, work: Work) -> None:
+        """Run `work` once every chunk queued before it is stored (like `put`, it waits only
+        while the queue is full)."""
+        await self._queue.put(work)
 
     async def close(self, timeout_s: float = _DRAIN_TIMEOUT_S) -> None:
         """Store what was queued (up to `timeout_s` in all), then stop the worker."""
@@ -73,9 +82,12 @@ class ChunkQueue:
                 await self._worker
 
     async def _run(self) -> None:
-        while (raw := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
             try:
-                await self._receive(self._target_id, raw)
+                if isinstance(item, bytes):
+                    await self._receive(self._target_id, item)
+                else:
+                    await item()
             except Exception:  # the intake logs its own failures; this one keeps the worker alive
                 _log.exception("recording intake failed for agent %s", self._target_id)
 

@@ -247,7 +247,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
                     if isinstance(answer.error, Aborted):
                         outcome = ChannelOutcome.ABORTED
                     elif answer.error is None and outcome is ChannelOutcome.LEFT:
-                        outcome = ChannelOutcome.AGENT_CLOSED
+                        outcome = (
+                            ChannelOutcome.AGENT_DETACHED
+                            if answer.detached
+                            else ChannelOutcome.AGENT_CLOSED
+                        )
                     if answer.error is not None:
                         raise answer.error
                     # Returning while the client still writes makes grpcio end the call INTERNAL

@@ -270,6 +270,18 @@ class ConnectionStore:
             query = query.where(expired)
         return [_record(row) for row in (await s.execute(query)).scalars()]
 
+    async def started_on(
+        self, s: AsyncSession, target_id: str, created_before: float
+    ) -> list[ConnectionRecord]:
+        """The target's OPEN and DETACHED connections created before `created_before` (PENDING
+        ones have started nowhere yet)."""
+        query = select(_ConnectionRow).where(
+            _ConnectionRow.target_id == target_id,
+            _ConnectionRow.state.in_([ConnectionState.OPEN.name, ConnectionState.DETACHED.name]),
+            _ConnectionRow.created_at < created_before,
+        )
+        return [_record(row) for row in (await s.execute(query)).scalars()]
+
     async def live_matching(
         self, s: AsyncSession, grant_ids: Sequence[str], subjects: Sequence[tuple[str, str]]
     ) -> list[ConnectionRecord]:

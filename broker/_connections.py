@@ -6,15 +6,13 @@ first channel (DESIGN "Decided design"). The broker learns the rest from the cha
     agent's SYN-ACK        → OPEN        (audit OPENED, or ATTACHED for a re-attach)
     agent's Reject         → CLOSED      for a new connection (a re-attach leaves it as it was;
                                           audit REJECTED with the agent's reason code)
-    agent closes channel   → CLOSED      (the process ended)
+    agent closes channel   → CLOSED      (the process ended), or DETACHED for a shell the agent
+                                          says runs on (it ended the channel for a broken frame)
     client leaves, or the  → DETACHED    for a shell, which keeps running on the target;
     broker loses the agent   CLOSED      for anything else (the agent ends it)
     revocation / close     → CLOSED      (audit CLOSED with the reason)
+    the agent restarted    → CLOSED      (its AgentStarted: OPEN and DETACHED ones from before)
     session_expires_at     → CLOSED      (noticed when connections are listed or re-attached)
-
-The broker sees only that the agent closed a channel, not why: a shell whose channel the agent
-ended for a broken frame (it keeps running, detached) is recorded CLOSED too, and can then not
-be re-attached through this broker; its session expiry or a close still ends it on the target.
 
 Only the end of the channel last attached to a connection may change it (another client may
 have re-attached meanwhile), and nothing leaves CLOSED; the store's conditional UPDATEs enforce
@@ -103,6 +101,8 @@ class ChannelOutcome(enum.Enum):
 
     AGENT_CLOSED = "the agent closed the channel"
     """The agent ended it after its SYN-ACK: the process is over."""
+    AGENT_DETACHED = "the agent ended the channel; its shell runs on"
+    """The agent ended it for a fault of the channel (ChannelClose.detached): a shell stays."""
     LEFT = "the client or the agent went away"
     """The client left, broke the rules, or the broker lost the agent: a shell stays."""
     ABORTED = "the connection was closed"
@@ -111,6 +111,19 @@ class ChannelOutcome(enum.Enum):
     """No SYN-ACK or Reject came (or the target was offline)."""
     REJECTED = "the agent rejected the SYN"
     """The Reject has been recorded already."""
+
+
+#: Channel endings after which a shell runs on (DETACHED) and anything else is closed.
+_SHELL_STAYS = frozenset(
+    outcome.name
+    for outcome in (
+        ChannelOutcome.LEFT,
+        ChannelOutcome.AGENT_DETACHED,
+        ChannelOutcome.UNANSWERED,
+    )
+)
+#: Why the connections of a restarted agent were closed.
+_RESTARTED = "the agent restarted: what ran on the target has ended"
 
 
 class Connections:
@@ -275,6 +288,20 @@ class Connections:
             return []
         return await self.close_revoked((), subjects, reason)
 
+    async def close_ended_by_restart(self, target_id: str, started_before: float) -> list[str]:
+        """The target's agent process restarted: close (and audit) the target's connections that
+        started before `started_before` (when the new process was welcomed); their ids."""
+        # What this broker's relay still knows of those channels is written first, so a
+        # connection the old process ended normally keeps that ending.
+        await self.flush()
+        now = self._clock.now()
+        closed = []
+        async with self._store.transaction() as s:
+            for record in await self._store.started_on(s, target_id, started_before):
+                if await self._close(s, record, _RESTARTED, now, ""):
+                    closed.append(record.id)
+        return closed
+
     async def close_expired(self) -> list[str]:
         """Close the connections whose session has expired (the agent has ended them).
 
@@ -398,10 +425,10 @@ class Connections:
                 )
                 if not context.reattach:
                     await self._close(s, record, "the agent rejected the SYN", now, "")
-            elif what in (ChannelOutcome.LEFT.name, ChannelOutcome.UNANSWERED.name):
+            elif what in _SHELL_STAYS:
                 if what == ChannelOutcome.UNANSWERED.name and context.reattach:
                     return  # the shell is as it was
-                if context.shell and what == ChannelOutcome.LEFT.name:
+                if context.shell and what != ChannelOutcome.UNANSWERED.name:
                     if await self._store.set_state(
                         s, record.id, ConnectionState.DETACHED, channel_id=context.channel_id
                     ):

@@ -7,12 +7,14 @@ the same queue, so everything about one stream happens in order in one place wit
     broker: Challenge{nonce}
     agent:  agent_auth = Signed(AgentAuth{target_id, nonce, timestamp_ms, version})
     broker: Welcome{broker_id, region, keepalive_interval}     (or ControlClose and a status)
+    agent:  started                     (on the first stream of an agent process; see below)
     both:   keepalives ... until either side sends ControlClose
 
 A refused stream gets ControlClose{reason, message}, an audit event (`agent_refused`) and an error
 status. A newer stream of the same target supersedes the older one, which gets
 ControlClose{SUPERSEDED}. When the current stream of a target ends, the registry hears
-`agent_disconnected`.
+`agent_disconnected`. An agent process that just started has nothing running from before: its
+`started` reaches `on_agent_started`, which closes the connections of the old process.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -110,10 +113,13 @@ class AgentServicer:
         recordings: RecordingIntake | None = None,
     ) -> None:
         self._config = config
-        # Verifies and stores agents' recording chunks; None drops them (broker unit tests).
-        self._recordings = recordings
-        # Each target's chunks go to the intake in order, beside its stream (see _chunk_queue).
-        self._chunk_queues = None if recordings is None else ChunkQueues(recordings.receive)
+        # Each target's chunks go to the intake in order, beside its stream (see _chunk_queue);
+        # without an intake they are dropped (broker unit tests).
+        self._chunk_queues = ChunkQueues(_dropped if recordings is None else recordings.receive)
+        self.on_agent_started: Callable[[str, float], Awaitable[object]] | None = None
+        """Called with the target id and the time its stream was admitted when an agent process
+        says it has just started (AgentStarted), after the chunks its target's streams sent
+        before that."""
         # Queues what every agent must hear first (the revocations in force) right after Welcome.
         self._on_welcome = on_welcome
         # Not `relay or ...`: an empty relay has len() 0.
@@ -146,6 +152,8 @@ class AgentServicer:
                 identity = await authenticate_agent(
                     first, nonce, self._directory, self._clock.now(), self._config.max_clock_skew_s
                 )
+                # Before the stream can relay: connections started on this agent come after it.
+                admitted_at = self._clock.now()
                 stream = AgentStream(identity.target_id, address, events)
                 previous = self._agents.add(stream)
                 if previous is not None:
@@ -179,9 +187,8 @@ class AgentServicer:
             )
             if self._on_welcome is not None:
                 self._on_welcome(stream)
-            if self._chunk_queues is not None:
-                chunks = self._chunk_queues.acquire(stream.target_id)
-            async for response in self._serve(stream, events, chunks):
+            chunks = self._chunk_queues.acquire(stream.target_id)
+            async for response in self._serve(stream, events, chunks, admitted_at):
                 yield response
         except Refusal as refusal:
             if stream is not None:
@@ -193,7 +200,7 @@ class AgentServicer:
             raise refusal.error from None
         finally:
             reader.cancel()
-            if chunks is not None and stream is not None and self._chunk_queues is not None:
+            if chunks is not None and stream is not None:
                 # What the agent sent before it left is still stored.
                 await self._chunk_queues.release(stream.target_id)
             if stream is not None:
@@ -227,7 +234,11 @@ class AgentServicer:
         return first
 
     async def _serve(
-        self, stream: AgentStream, events: asyncio.Queue[object], chunks: ChunkQueue | None
+        self,
+        stream: AgentStream,
+        events: asyncio.Queue[object],
+        chunks: ChunkQueue,
+        admitted_at: float,
     ) -> AsyncIterator[pb.ControlResponse]:
         """Relay queued messages to the agent and handle the agent's, until the stream ends."""
         while True:
@@ -262,8 +273,13 @@ class AgentServicer:
                     # order) by the stream's ChunkQueue, beside this loop: storing takes
                     # milliseconds, and the agent's channels must not wait for it. A bad chunk
                     # is refused and logged; the stream goes on.
-                    if chunks is not None:
-                        await chunks.put(event.recording_chunk)
+                    await chunks.put(event.recording_chunk)
+                    continue
+                elif kind == "started":
+                    if self.on_agent_started is not None:
+                        await chunks.then(
+                            functools.partial(self.on_agent_started, stream.target_id, admitted_at)
+                        )
                     continue
                 else:
                     violation = f"{kind or 'an empty message'} is not expected on this stream"
@@ -282,6 +298,10 @@ class AgentServicer:
                 await self._directory.agent_refused(refusal.target_id, refusal.message, address)
         except MrzapError as error:
             _log.error("could not audit a refused agent: %s", error)
+
+
+async def _dropped(_target_id: str, _raw: bytes) -> None:
+    """The intake of a broker that keeps no recordings."""
 
 
 def _unreadable(event: Unreadable, target_id: str) -> Refusal:

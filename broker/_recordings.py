@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from google.protobuf.message import DecodeError
 
@@ -164,6 +164,14 @@ class RecordingIntake:
         if verified.final:
             self._forget(connection_id)
         return True
+
+    async def abandon(self, connection_ids: Iterable[str]) -> None:
+        """These connections ended with their agent process (see Connections
+        .close_ended_by_restart): their live recordings can never complete."""
+        for connection_id in connection_ids:
+            self._forget(connection_id)
+            if await self._recordings.abandoned(connection_id):
+                _log.info("recording %s is incomplete: its agent restarted", connection_id)
 
     def _forget(self, connection_id: str) -> None:
         self._chains.pop(connection_id, None)

@@ -47,6 +47,9 @@ class ChannelEnd:
     error: MrzapError | None
     """None when the agent closed the channel in an orderly way (the call ends with OK)."""
 
+    detached: bool = False
+    """The agent ended the channel but said its shell runs on (ChannelClose.detached)."""
+
 
 class RelayedChannel:
     """One client's channel as the relay holds it."""
@@ -93,9 +96,9 @@ class RelayedChannel:
         if not self.ended:
             self._queue.put_nowait(item)
 
-    def _end(self, error: MrzapError | None) -> None:
+    def _end(self, error: MrzapError | None, *, detached: bool = False) -> None:
         if not self.ended:
-            self._queue.put_nowait(ChannelEnd(error))
+            self._queue.put_nowait(ChannelEnd(error, detached))
             self.ended = True
             self._drained.set()  # nobody may wait for an outbox that will never drain
 
@@ -230,7 +233,7 @@ class ChannelRelay:
                 return None
             channel._deliver(pb.ChannelResponse(channel_frame=frame))
             return None
-        self._finish(channel, None, tell_agent=False)
+        self._finish(channel, None, tell_agent=False, detached=message.channel_close.detached)
         return None
 
     def _answer(self, channel: RelayedChannel, answer: agent_pb.ChannelAnswer) -> str | None:
@@ -256,12 +259,17 @@ class ChannelRelay:
                 )
 
     def _finish(
-        self, channel: RelayedChannel, error: MrzapError | None, *, tell_agent: bool = True
+        self,
+        channel: RelayedChannel,
+        error: MrzapError | None,
+        *,
+        tell_agent: bool = True,
+        detached: bool = False,
     ) -> None:
         """End the channel for the client; the entry stays until the client's call is over."""
         if channel.ended:
             return
-        channel._end(error)
+        channel._end(error, detached=detached)
         if tell_agent:
             channel.stream.send(
                 agent_pb.ControlResponse(

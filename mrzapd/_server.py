@@ -223,6 +223,14 @@ async def start_server(config: ServiceConfig) -> RunningServer:
     revocations.listen(connections.abort_revoked)
     revocations.after_revoke(connections.close_revoked_users)
     recording_intake.resolve_user = recording_owner(connections, auth_store)
+
+    async def agent_restarted(target_id: str, admitted_at: float) -> None:
+        # What ran under the agent's previous process is gone, recordings' missing ends too.
+        await recording_intake.abandon(
+            await connections.close_ended_by_restart(target_id, admitted_at)
+        )
+
+    broker.servicer.on_agent_started = agent_restarted
     broker.add_to_server(server)
     broker_service_pb2_grpc.add_BrokerServiceServicer_to_server(
         BrokerServicer(

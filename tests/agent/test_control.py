@@ -105,19 +105,30 @@ async def test_agent_reconnects_after_the_broker_restarts(
     broker: MemoryBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "mrzap.agent")
+    started: list[str] = []
+
+    async def heard_started(target_id: str, admitted_at: float) -> None:
+        started.append(target_id)
+
+    broker.role.servicer.on_agent_started = heard_started
     config, key = registered(broker)
     agent = RunningAgent(config, key, Backoff(base_s=0.05, cap_s=0.2))
     target = broker.directory.targets[config.target_id]
     await eventually(lambda: target.state == "ONLINE")
+    await eventually(lambda: started == [config.target_id])  # a new process: nothing runs
     await broker.role.shutdown()
     await broker.server.stop(1.0)
     await eventually(lambda: "SHUTDOWN: the broker is shutting down" in caplog.text)
     again = await start_broker(
         broker.tls.directory, broker.directory, port=broker.port, keepalive_interval_s=0.3
     )
+    again.role.servicer.on_agent_started = heard_started
     try:
         await eventually(lambda: len(broker.directory.connections) == 2)
         assert target.state == "ONLINE"
+        # The same process reconnected: its shells still run, so it says nothing of a start.
+        await asyncio.sleep(0.5)
+        assert started == [config.target_id]
         await agent.finish()
     finally:
         await again.role.shutdown()

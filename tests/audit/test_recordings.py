@@ -217,6 +217,25 @@ async def test_the_chain_resumes_across_a_broker_restart(world: World) -> None:
 
 
 @pytest.mark.asyncio
+async def test_recordings_of_a_restarted_agent_end_incomplete_and_complete_ones_stay(
+    world: World,
+) -> None:
+    intake = world.intake()
+    running, finished = world.signer("conn-1"), world.signer("conn-2")
+    assert await intake.receive(TARGET, running.sign_chunk(output("half")))
+    assert await intake.receive(TARGET, finished.sign_chunk(output("all"), final=True))
+    await intake.abandon(["conn-1", "conn-2", "conn-never-recorded"])
+    states = [await world.recordings.get(c) for c in ("conn-1", "conn-2")]
+    assert [r.state if r else None for r in states] == [
+        RecordingState.INCOMPLETE,
+        RecordingState.COMPLETE,
+    ]
+    # What was recorded still verifies; nothing more is taken (the old process is gone).
+    assert not verify_recording(await stored_chunks(world), world.key.public_key()).complete
+    assert not await intake.receive(TARGET, running.sign_chunk(output("later")))
+
+
+@pytest.mark.asyncio
 async def test_another_target_cannot_add_to_a_recording_or_name_another_target(
     world: World,
 ) -> None:

@@ -42,6 +42,25 @@ async def test_put_returns_while_a_chunk_is_being_stored_and_order_is_kept() -> 
 
 
 @pytest.mark.asyncio
+async def test_work_queued_after_chunks_runs_once_they_are_stored() -> None:
+    intake = SlowIntake()
+    queue = ChunkQueue(intake.receive, "t-1")
+    seen: list[list[bytes]] = []
+
+    async def work() -> None:
+        seen.append([raw for _, raw in intake.stored])
+
+    await queue.put(b"0")
+    await intake.started.wait()
+    await queue.then(work)
+    await queue.put(b"1")
+    intake.go.set()
+    await queue.close()
+    assert seen == [[b"0"]]
+    assert [raw for _, raw in intake.stored] == [b"0", b"1"]
+
+
+@pytest.mark.asyncio
 async def test_a_full_queue_pushes_back_on_the_stream() -> None:
     intake = SlowIntake()
     queue = ChunkQueue(intake.receive, "t-1", max_waiting=2)

@@ -314,6 +314,32 @@ async def test_a_shell_whose_client_leaves_is_detached_and_can_be_reattached(
     assert len(listed.grant_ids) == 2
 
 
+@pytest.mark.parametrize(
+    ("detached", "state"),
+    [(True, pb.CONNECTION_STATE_DETACHED), (False, pb.CONNECTION_STATE_CLOSED)],
+)
+@pytest.mark.asyncio
+async def test_a_shell_whose_channel_the_agent_ends_is_detached_only_if_it_runs_on(
+    cluster: Cluster, detached: bool, state: pb.ConnectionState.ValueType
+) -> None:
+    """The agent ends a channel for a broken frame but keeps the shell (detached), or ends it
+    because the shell exited; the record follows what the agent says."""
+    agent, stream = await cluster.harness.online()
+    call, connection_id = await open_shell(cluster, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_close=agent_pb.ChannelClose(
+                channel_id=connection_id, reason="frame 3 failed", detached=detached
+            )
+        )
+    )
+    await call.done_writing()
+    await drain(call)
+    await cluster.connections.flush()
+    [listed] = await cluster.list(states=[state])
+    assert listed.id == connection_id
+
+
 @pytest.mark.asyncio
 async def test_revocations_in_force_are_sent_again_after_welcome(cluster: Cluster) -> None:
     agent, stream = await cluster.harness.online()

@@ -269,6 +269,40 @@ async def test_expired_and_abandoned_connections_are_closed(book: Book) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_agent_restart_closes_what_ran_under_the_old_process_only(book: Book) -> None:
+    open_, detached, pending = book.context(), book.context(), book.context()
+    other_target = dataclasses.replace(book.context(), target_id="target-2")
+    for context in (open_, detached, pending, other_target):
+        await book.open(context)
+    for context in (open_, detached, other_target):
+        book.connections.answered(context, None)
+    book.connections.ended(detached, ChannelOutcome.LEFT)
+    book.clock.advance(1)
+    restarted_at = book.clock.now()
+    after = book.context()  # opened on the new process
+    await book.open(after)
+    book.connections.answered(after, None)
+
+    closed = await book.connections.close_ended_by_restart("target-1", restarted_at)
+
+    assert sorted(closed) == sorted([open_.connection_id, detached.connection_id])
+    record = await book.connections.get(detached.connection_id)
+    assert record is not None
+    assert record.state is ConnectionState.CLOSED
+    assert record.close_reason == "the agent restarted: what ran on the target has ended"
+    assert await book.events(detached.connection_id) == [
+        audit_pb.CONNECTION_EVENT_TYPE_OPENED,
+        audit_pb.CONNECTION_EVENT_TYPE_DETACHED,
+        audit_pb.CONNECTION_EVENT_TYPE_CLOSED,
+    ]
+    # Its SYN may yet reach the new process; another target's agent did not restart; and a
+    # connection started on the new process runs there.
+    assert await book.state(pending.connection_id) is ConnectionState.PENDING
+    assert await book.state(other_target.connection_id) is ConnectionState.OPEN
+    assert await book.state(after.connection_id) is ConnectionState.OPEN
+
+
+@pytest.mark.asyncio
 async def test_lists_are_newest_first_filtered_and_paged(book: Book) -> None:
     ids = []
     for n in range(5):

@@ -34,6 +34,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bastion.agent.v1 import agent_service_pb2 as agent_pb
 from bastion.broker.v1 import broker_service_pb2 as pb
 from bastion.broker.v1 import broker_service_pb2_grpc as pb_grpc
 from bastion.mrzap.v1 import mrzap_pb2
@@ -275,12 +276,19 @@ def until_close(
     world: World, channel_id: str, opener: FrameOpener
 ) -> list[mrzap_pb2.ChannelMessage]:
     """Every message the agent sends on the channel until it closes it, decrypted."""
+    return closing(world, channel_id, opener)[0]
+
+
+def closing(
+    world: World, channel_id: str, opener: FrameOpener
+) -> tuple[list[mrzap_pb2.ChannelMessage], agent_pb.ChannelClose]:
+    """`until_close`, and the agent's ChannelClose."""
     messages: list[mrzap_pb2.ChannelMessage] = []
     while True:
         message = world.link.next(channel_id, TIMEOUT_S)
         kind = message.WhichOneof("frame")
         if kind == "channel_close":
-            return messages
+            return messages, message.channel_close
         assert kind == "channel_frame", message
         messages.append(opener.open(message.channel_frame.frame))
 
@@ -584,6 +592,33 @@ def test_a_flipped_ciphertext_byte_ends_the_channel(world: World) -> None:
     assert Reason.from_wire(error.code) is Reason.FRAME_AUTH_FAILED, error.message
     time.sleep(GRACE_S)
     assert not marker.exists(), f"{marker} exists: the command ran"
+
+
+def test_a_broken_frame_ends_a_shells_channel_but_the_shell_runs_on(world: World) -> None:
+    """The shell outlives a channel ended for a changed frame, which it never reads; the
+    agent's ChannelClose says it runs on (the broker records it DETACHED) and it re-attaches."""
+    marker = world.marker()
+    shell = honest_open(world, world.alice, mrzap_pb2.ShellOpen(target_user=ME, rows=24, cols=80))
+    frame = shell.sealer.seal(mrzap_pb2.ChannelMessage(stdin=f"touch {marker}\n".encode()))
+    flipped = bytearray(frame.ciphertext)
+    flipped[2] ^= 0x01
+    world.link.send_frame(
+        shell.channel_id, mrzap_pb2.Frame(seq=frame.seq, ciphertext=bytes(flipped))
+    )
+    messages, close = closing(world, shell.channel_id, shell.opener)
+    errors = [m.error for m in messages if m.HasField("error")]
+    assert errors, messages
+    assert Reason.from_wire(errors[0].code) is Reason.FRAME_AUTH_FAILED
+    assert close.detached
+    attach = mrzap_pb2.ShellAttach(target_user=ME, connection_id=shell.result.connection_id)
+    again = honest_open(world, world.alice, attach)
+    world.link.send_frame(
+        again.channel_id, again.sealer.seal(mrzap_pb2.ChannelMessage(close=mrzap_pb2.Close()))
+    )
+    messages, close = closing(world, again.channel_id, again.opener)
+    assert exit_code(messages) is not None
+    assert not close.detached  # the shell is over now
+    assert not marker.exists(), f"{marker} exists: the changed frame was read"
 
 
 def test_reordered_frames_end_the_channel(world: World) -> None:

@@ -233,19 +233,25 @@ class ChannelClose(_message.Message):
 
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """The channel that is over."""
     reason: _builtins.str
     """Why, for logs; contains no secrets."""
+    detached: _builtins.bool
+    """From the agent only: the channel is over but its shell runs on, detached, and can be
+    re-attached (the agent ended the channel for a fault of the channel, not of the shell).
+    """
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        detached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "detached", b"detached", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,6 +302,7 @@ class ControlRequest(_message.Message):
     CHANNEL_CLOSE_FIELD_NUMBER: _builtins.int
     RECORDING_CHUNK_FIELD_NUMBER: _builtins.int
     CLOSE_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
     agent_auth: _builtins.bytes
     """The exact bytes of the serialized bastion.mrzap.v1.Signed AgentAuth (domain
     `mrzap/v1/agent-auth`), which the broker checks against the registered public key.
@@ -324,6 +331,10 @@ class ControlRequest(_message.Message):
     def close(self) -> Global___ControlClose:
         """The agent ends the stream."""
 
+    @_builtins.property
+    def started(self) -> Global___AgentStarted:
+        """The agent process has just started: sent once per process, after its first Welcome."""
+
     def __init__(
         self,
         *,
@@ -334,16 +345,38 @@ class ControlRequest(_message.Message):
         channel_close: Global___ChannelClose | None = ...,
         recording_chunk: _builtins.bytes = ...,
         close: Global___ControlClose | None = ...,
+        started: Global___AgentStarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close", "started"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___ControlRequest: _TypeAlias = ControlRequest  # noqa: Y015
+
+@_typing.final
+class AgentStarted(_message.Message):
+    """AgentStarted says that nothing which ran on the target before this agent process started
+    runs any more: its shells and commands ended with the previous process, and so did the
+    recording chunks it had not sent. The broker closes the target's connections that were open
+    or detached before this stream's Welcome and marks their live recordings incomplete.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentStarted: _TypeAlias = AgentStarted  # noqa: Y015
 
 @_typing.final
 class ControlResponse(_message.Message):

@@ -22,6 +22,7 @@ command. A revocation or an expired session ends the connection itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,9 @@ _log = logging.getLogger("mrzap.agent.channels")
 
 #: Writes one message on the control stream (serialised with every other writer).
 Send = Callable[[pb.ControlRequest], Awaitable[None]]
+#: Endings of detached shells kept for the broker while offline; older ones are dropped (their
+#: records then close at their session's expiry).
+_MAX_UNTOLD_ENDINGS = 1000
 
 #: The initial credit of each direction (PROTOCOL.md §6).
 DEFAULT_WINDOW = 256 * 1024
@@ -179,6 +183,10 @@ class AgentChannels:
         self._opening: set[str] = set()
         self._left_while_opening: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Detached shells that ended by themselves, until the broker has heard (ConnectionEnded).
+        self._ended: collections.deque[str] = collections.deque(maxlen=_MAX_UNTOLD_ENDINGS)
+        self._stream: Send | None = None
+        sessions.on_detached_end = self._ended_detached
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -203,11 +211,34 @@ class AgentChannels:
             return False
         return True
 
+    def connected(self, send: Send) -> None:
+        """A control stream is up: tell the broker which detached shells ended meanwhile."""
+        self._stream = send
+        if self._ended:
+            self._spawn(self._tell_endings(send))
+
     async def detach_all(self) -> None:
         """The control stream ended: every channel ends; shells keep running detached."""
+        self._stream = None
         channels, self._channels = list(self._channels.values()), {}
         self._left_while_opening |= self._opening  # their answers have nowhere to go
         await asyncio.gather(*(self._detach(channel) for channel in channels))
+
+    def _ended_detached(self, connection_id: str) -> None:
+        self._ended.append(connection_id)
+        if self._stream is not None and len(self._ended) == 1:  # else a telling is under way
+            self._spawn(self._tell_endings(self._stream))
+
+    async def _tell_endings(self, send: Send) -> None:
+        while self._ended:
+            ended = pb.ConnectionEnded(connection_id=self._ended[0])
+            try:
+                await send(pb.ControlRequest(connection_ended=ended))
+            except Exception:  # the stream broke: the next one tells (see `connected`)
+                return
+            # Forgotten once written: a stream that broke first leaves it for the next one.
+            if self._ended and self._ended[0] == ended.connection_id:
+                self._ended.popleft()
 
     async def enforce_expiry(self) -> None:
         """End connections whose grant was revoked or whose session expired."""

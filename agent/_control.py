@@ -292,6 +292,8 @@ class ControlLoop:
             # Whatever the broker believes runs here from before this process has ended.
             await send(pb.ControlRequest(started=pb.AgentStarted()))
             self._announced_start = True
+        if self._channels is not None:
+            self._channels.connected(send)
         recorder = None if self._channels is None else self._channels.recorder
         if recorder is not None:
             # Recording chunks queued while offline (and those maybe lost with the last stream)

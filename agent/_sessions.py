@@ -72,6 +72,8 @@ class Sessions:
     def __init__(self, *, replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
         self._replay_bytes = replay_bytes
         self._connections: dict[str, Connection] = {}
+        self.on_detached_end: Callable[[str], None] | None = None
+        """Called with the id of a shell that ended by itself while no client was attached."""
         # Tasks the loop holds only weakly: kept here until they finish.
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -181,11 +183,15 @@ class Sessions:
 
     def _forget(self, connection_id: str, session: Session) -> None:
         connection = self._connections.get(connection_id)
-        if connection is not None and connection.session is session:
+        ended_by_itself = connection is not None and connection.session is session
+        if ended_by_itself:
             del self._connections[connection_id]
         if isinstance(session, PtyShell) and not session.attached:
-            # A shell that ended while detached has no channel left to free its terminal.
+            # A shell that ended while detached has no channel left to free its terminal, nor
+            # to tell the broker.
             self._keep(asyncio.ensure_future(session.close()))
+            if ended_by_itself and self.on_detached_end is not None:
+                self.on_detached_end(connection_id)
 
     async def close(self, connection_id: str) -> None:
         """End the connection's shell or command (if it still runs) and forget it."""

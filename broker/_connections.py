@@ -12,6 +12,7 @@ first channel (DESIGN "Decided design"). The broker learns the rest from the cha
     broker loses the agent   CLOSED      for anything else (the agent ends it)
     revocation / close     → CLOSED      (audit CLOSED with the reason)
     the agent restarted    → CLOSED      (its AgentStarted: OPEN and DETACHED ones from before)
+    a detached shell ends  → CLOSED      (the agent's ConnectionEnded, for its own target only)
     session_expires_at     → CLOSED      (noticed when connections are listed or re-attached)
 
 Only the end of the channel last attached to a connection may change it (another client may
@@ -122,6 +123,8 @@ _SHELL_STAYS = frozenset(
         ChannelOutcome.UNANSWERED,
     )
 )
+#: Why a detached shell's record was closed when its agent said it ended.
+_ENDED_DETACHED = "the shell ended while detached"
 #: Why the connections of a restarted agent were closed.
 _RESTARTED = "the agent restarted: what ran on the target has ended"
 
@@ -301,6 +304,20 @@ class Connections:
                 if await self._close(s, record, _RESTARTED, now, ""):
                     closed.append(record.id)
         return closed
+
+    async def close_ended_detached(self, target_id: str, connection_id: str) -> bool:
+        """The agent of `target_id` says the detached shell `connection_id` ended by itself:
+        close its record if it is a DETACHED connection to that target; whether it closed."""
+        await self.flush()  # a detachment still queued comes first
+        async with self._store.transaction() as s:
+            record = await self._store.get(connection_id, s)
+            # Only the target's own agent may end its connections: another agent naming this id
+            # changes nothing.
+            if record is None or record.target_id != target_id:
+                return False
+            if record.state is not ConnectionState.DETACHED:
+                return False
+            return await self._close(s, record, _ENDED_DETACHED, self._clock.now(), "")
 
     async def close_expired(self) -> list[str]:
         """Close the connections whose session has expired (the agent has ended them).

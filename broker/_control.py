@@ -8,6 +8,7 @@ the same queue, so everything about one stream happens in order in one place wit
     agent:  agent_auth = Signed(AgentAuth{target_id, nonce, timestamp_ms, version})
     broker: Welcome{broker_id, region, keepalive_interval}     (or ControlClose and a status)
     agent:  started                     (on the first stream of an agent process; see below)
+    agent:  connection_ended            (whenever a detached shell ends by itself)
     both:   keepalives ... until either side sends ControlClose
 
 A refused stream gets ControlClose{reason, message}, an audit event (`agent_refused`) and an error
@@ -120,6 +121,9 @@ class AgentServicer:
         """Called with the target id and the time its stream was admitted when an agent process
         says it has just started (AgentStarted), after the chunks its target's streams sent
         before that."""
+        self.on_connection_ended: Callable[[str, str], Awaitable[object]] | None = None
+        """Called with the target id and the connection id when an agent says a detached shell
+        ended (ConnectionEnded), in the same order."""
         # Queues what every agent must hear first (the revocations in force) right after Welcome.
         self._on_welcome = on_welcome
         # Not `relay or ...`: an empty relay has len() 0.
@@ -279,6 +283,16 @@ class AgentServicer:
                     if self.on_agent_started is not None:
                         await chunks.then(
                             functools.partial(self.on_agent_started, stream.target_id, admitted_at)
+                        )
+                    continue
+                elif kind == "connection_ended":
+                    if self.on_connection_ended is not None:
+                        await chunks.then(
+                            functools.partial(
+                                self.on_connection_ended,
+                                stream.target_id,
+                                event.connection_ended.connection_id,
+                            )
                         )
                     continue
                 else:

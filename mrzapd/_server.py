@@ -231,6 +231,7 @@ async def start_server(config: ServiceConfig) -> RunningServer:
         )
 
     broker.servicer.on_agent_started = agent_restarted
+    broker.servicer.on_connection_ended = connections.close_ended_detached
     broker.add_to_server(server)
     broker_service_pb2_grpc.add_BrokerServiceServicer_to_server(
         BrokerServicer(

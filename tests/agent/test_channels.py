@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import os
 import pwd
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,26 @@ async def test_a_shell_outlives_its_client_and_replays_on_reattach(setup: Setup)
     out, _, exit_ = await again.client.until_exit()
     assert b"after-4" in out
     assert exit_.code == 4
+
+
+@pytest.mark.asyncio
+async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup) -> None:
+    ended: list[tuple[str, str]] = []
+
+    async def heard(target_id: str, connection_id: str) -> None:
+        ended.append((target_id, connection_id))
+
+    setup.harness.role.servicer.on_connection_ended = heard
+    shell = mrzap_pb2.ShellOpen(target_user=ME, term="xterm", cols=80, rows=24)
+    client, connection_id = await connect_with_result(setup, mrzap_pb2.VERB_SHELL, shell)
+    running = setup.sessions.get(connection_id)
+    assert running is not None
+    shell_session = running.session
+    assert isinstance(shell_session, PtyShell)
+    client.call.cancel()
+    await eventually(lambda: not shell_session.attached)
+    os.kill(shell_session.pid, signal.SIGKILL)  # it ends with no channel to carry the news
+    await eventually(lambda: ended == [(setup.target_id, connection_id)])
 
 
 @pytest.mark.asyncio

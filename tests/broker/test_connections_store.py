@@ -303,6 +303,27 @@ async def test_an_agent_restart_closes_what_ran_under_the_old_process_only(book:
 
 
 @pytest.mark.asyncio
+async def test_a_detached_shell_that_ended_is_closed_by_its_own_agent_only(book: Book) -> None:
+    detached, attached = book.context(), book.context()
+    for context in (detached, attached):
+        await book.open(context)
+        book.connections.answered(context, None)
+    book.connections.ended(detached, ChannelOutcome.LEFT)
+    await book.connections.flush()
+    # Another target's agent cannot close it, and an attached shell is the client's to end.
+    assert not await book.connections.close_ended_detached("target-2", detached.connection_id)
+    assert not await book.connections.close_ended_detached("target-1", attached.connection_id)
+    assert not await book.connections.close_ended_detached("target-1", "no-such-connection")
+    assert await book.state(detached.connection_id) is ConnectionState.DETACHED
+    assert await book.connections.close_ended_detached("target-1", detached.connection_id)
+    record = await book.connections.get(detached.connection_id)
+    assert record is not None
+    assert record.state is ConnectionState.CLOSED
+    assert record.close_reason == "the shell ended while detached"
+    assert await book.state(attached.connection_id) is ConnectionState.OPEN
+
+
+@pytest.mark.asyncio
 async def test_lists_are_newest_first_filtered_and_paged(book: Book) -> None:
     ids = []
     for n in range(5):

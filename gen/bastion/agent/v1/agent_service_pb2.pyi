@@ -303,6 +303,7 @@ class ControlRequest(_message.Message):
     RECORDING_CHUNK_FIELD_NUMBER: _builtins.int
     CLOSE_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
+    CONNECTION_ENDED_FIELD_NUMBER: _builtins.int
     agent_auth: _builtins.bytes
     """The exact bytes of the serialized bastion.mrzap.v1.Signed AgentAuth (domain
     `mrzap/v1/agent-auth`), which the broker checks against the registered public key.
@@ -335,6 +336,10 @@ class ControlRequest(_message.Message):
     def started(self) -> Global___AgentStarted:
         """The agent process has just started: sent once per process, after its first Welcome."""
 
+    @_builtins.property
+    def connection_ended(self) -> Global___ConnectionEnded:
+        """A detached shell ended by itself: no channel was there to carry the news."""
+
     def __init__(
         self,
         *,
@@ -346,16 +351,42 @@ class ControlRequest(_message.Message):
         recording_chunk: _builtins.bytes = ...,
         close: Global___ControlClose | None = ...,
         started: Global___AgentStarted | None = ...,
+        connection_ended: Global___ConnectionEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close", "started"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close", "started", "connection_ended"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___ControlRequest: _TypeAlias = ControlRequest  # noqa: Y015
+
+@_typing.final
+class ConnectionEnded(_message.Message):
+    """ConnectionEnded says a shell that had no client attached has ended on the target. An agent that
+    is offline then sends it after reconnecting. The broker closes the connection's record if it is
+    a DETACHED connection of this agent's target.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    """The connection's id (ActionResult.connection_id)."""
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectionEnded: _TypeAlias = ConnectionEnded  # noqa: Y015
 
 @_typing.final
 class AgentStarted(_message.Message):

@@ -1,0 +1,81 @@
+"""Connections that end with no client attached: the service learns it from the agent.
+
+Real IdP, `mrzapd serve` and `mrzap-agent run`; alice leaves recorded shells running detached.
+
+- A detached shell that exits by itself: the agent says so (ConnectionEnded) and the broker
+  closes the connection's record, which no channel could do.
+- The agent is killed (SIGKILL: no goodbye, no final chunk) and started again: its AgentStarted
+  makes the broker close the connections of the old process (they can no longer be re-attached)
+  and mark their recordings incomplete, while what was recorded before still verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bastion.audit.v1 import audit_service_pb2 as audit_pb
+from mrzap import keys
+from mrzap.recording import verify_recording
+
+from .targets import Site, online_site
+from .test_agents import ONLINE_LINE, run_agent
+from .test_recording_server import POLICY, completed, detached_shell
+
+TIMEOUT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("endings")
+    with online_site(
+        root, users=("alice",), env="e2e-recording", policy=POLICY, agents=("endings-1",)
+    ) as running:
+        yield running
+
+
+def closed_because(site: Site, connection_id: str) -> str:
+    """The audit log's events of the connection once its record is closed (waits for it)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while connection_id not in site.org.zli("connections", "list", "--state", "closed"):
+        assert time.monotonic() < deadline, f"connection {connection_id} is still not closed"
+        time.sleep(0.3)
+    return site.org.zli("logs", "events", "--connection", connection_id, "--export", "jsonl")
+
+
+def test_a_detached_shell_that_exits_is_closed(site: Site) -> None:
+    script = "echo before-restart-$((1+1)); sleep 1; exit\n"
+    connection_id = asyncio.run(detached_shell(site.org, site.target_id, script))
+    assert "the shell ended while detached" in closed_because(site, connection_id)
+    recording, _ = asyncio.run(completed(site.org, connection_id))
+    assert recording.state == audit_pb.RECORDING_STATE_COMPLETE
+
+
+def test_an_agent_restart_closes_its_connections_and_ends_their_recordings(site: Site) -> None:
+    """Last in the module: it replaces the site's agent with a new process."""
+    org = site.org
+    script = "echo before-restart-$((1+1)); sleep 600\n"
+    connection_id = asyncio.run(detached_shell(org, site.target_id, script))
+    assert connection_id in org.zli("connections", "list")
+
+    os.kill(site.agent.process.pid, signal.SIGKILL)
+    site.agent.wait()
+    agent = run_agent(site.root / "endings-1")
+    try:
+        agent.wait_for(ONLINE_LINE, timeout_s=30)
+        recording, chunks = asyncio.run(completed(org, connection_id))
+        events = closed_because(site, connection_id)
+    finally:
+        agent.stop()
+        print(agent.output)  # shown when the test failed
+
+    assert recording.state == audit_pb.RECORDING_STATE_INCOMPLETE
+    public_key = keys.public_key_from_bytes(recording.agent_public_key)
+    verified = verify_recording(chunks, public_key, require_complete=False)
+    assert "before-restart-2" in "".join(e.data for e in verified.events if e.code == "o")
+    assert "the agent restarted" in events

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -95,25 +96,45 @@ class Harness:
         ).signed_syn
 
 
+#: Builds the broker's role and the extra keyword arguments of its BrokerServicer (connection
+#: records, revocations, ...) from the harness's configuration, directory and grant issuer.
+Wiring = Callable[
+    [BrokerConfig, MemoryDirectory, StaticGrantIssuer], tuple[BrokerRole, dict[str, Any]]
+]
+
+
+def _bare(
+    config: BrokerConfig, directory: MemoryDirectory, _issuer: StaticGrantIssuer
+) -> tuple[BrokerRole, dict[str, Any]]:
+    return BrokerRole(config, directory), {}
+
+
 @contextlib.asynccontextmanager
 async def running_harness(
-    tmp_path: Path, *, caller: Caller | None = None, max_queued: int = MAX_QUEUED
+    tmp_path: Path,
+    *,
+    caller: Caller | None = None,
+    session_key: Ed25519PrivateKey | None = None,
+    max_queued: int = MAX_QUEUED,
+    wiring: Wiring = _bare,
 ) -> AsyncIterator[Harness]:
-    """A broker with a relay bounded by `max_queued` bytes, and a client channel to it."""
+    """A broker with a relay bounded by `max_queued` bytes, and a client channel to it.
 
+    The broker's caller is `caller` (by default a user whose session key is `session_key`).
+    """
     tls: TlsFiles = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
     directory = MemoryDirectory()
     service_key = keys.generate_signing_key()
     agent_keys: dict[str, bytes] = {}
     issuer = StaticGrantIssuer(GrantSigner(service_key, "svc-1"), agent_keys)
     config = BrokerConfig(broker_id=str(uuid.uuid4()), max_channel_queue_bytes=max_queued)
-    role = BrokerRole(config, directory)
-    session_key = keys.generate_signing_key()
+    role, servicer_options = wiring(config, directory, issuer)
+    session_key = session_key or keys.generate_signing_key()
     callers = [caller or user_caller(keys.public_key_bytes(session_key))]
     server = grpc.aio.server(interceptors=[StatusOnly()], options=SERVER_OPTIONS)
     role.add_to_server(server)
     pb_grpc.add_BrokerServiceServicer_to_server(
-        BrokerServicer(issuer, role.relay, caller=lambda: callers[-1]), server
+        BrokerServicer(issuer, role.relay, caller=lambda: callers[-1], **servicer_options), server
     )
     credentials = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_chain())])
     port = server.add_secure_port("127.0.0.1:0", credentials)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,11 @@ from audit import AuditLog, AuditStore
 from auth import Caller
 from bastion.agent.v1 import agent_service_pb2 as agent_pb
 from bastion.broker.v1 import broker_service_pb2 as pb
-from bastion.broker.v1 import broker_service_pb2_grpc as pb_grpc
 from bastion.mrzap.v1 import mrzap_pb2
 from broker import (
     MIGRATIONS,
-    SERVER_OPTIONS,
     BrokerConfig,
     BrokerRole,
-    BrokerServicer,
     ConnectedAgents,
     Connections,
     ConnectionStore,
@@ -42,12 +38,10 @@ from broker import (
 from broker.testing import MemoryDirectory, StaticGrantIssuer, user_caller
 from mrzap import keys
 from mrzap.envelope import Domain, verify_signature
-from mrzap.grant import GrantSigner
 from mrzap.storage import Database, sqlite_url
-from mrzap.tls import ensure_server_tls
 
-from .conftest import READ_TIMEOUT_S, Agent, RawStream, StatusOnly
-from .harness import Harness
+from .conftest import READ_TIMEOUT_S, Agent, RawStream
+from .harness import Harness, running_harness
 
 
 @dataclasses.dataclass
@@ -80,65 +74,39 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def running_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    tls = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
     db = Database(sqlite_url(tmp_path / "mrzap.db"))
     await asyncio.to_thread(db.migrate, [AUDIT_MIGRATIONS, MIGRATIONS])
-    directory = MemoryDirectory()
-    service_key = keys.generate_signing_key()
-    agent_keys: dict[str, bytes] = {}
-    issuer = StaticGrantIssuer(GrantSigner(service_key, "svc-1"), agent_keys)
-    config = BrokerConfig(broker_id=str(uuid.uuid4()))
-    agents = ConnectedAgents()
     store = ConnectionStore(db)
-    revocations = Revocations(issuer, agents, store)
-    role = BrokerRole(config, directory, agents=agents, on_welcome=revocations.welcome)
-    connections = Connections(store, AuditLog(AuditStore(db)), config.broker_id, role.relay)
-    revocations.listen(connections.abort_revoked)
-    revocations.after_revoke(connections.close_revoked_users)
+    wired: list[tuple[Connections, Revocations]] = []
+
+    def wiring(
+        config: BrokerConfig, directory: MemoryDirectory, issuer: StaticGrantIssuer
+    ) -> tuple[BrokerRole, dict[str, Any]]:
+        agents = ConnectedAgents()
+        revocations = Revocations(issuer, agents, store)
+        role = BrokerRole(config, directory, agents=agents, on_welcome=revocations.welcome)
+        connections = Connections(store, AuditLog(AuditStore(db)), config.broker_id, role.relay)
+        revocations.listen(connections.abort_revoked)
+        revocations.after_revoke(connections.close_revoked_users)
+        wired.append((connections, revocations))
+        return role, {"connections": connections, "revocations": revocations}
+
     session_key = keys.generate_signing_key()
     upk = keys.public_key_bytes(session_key)
     alice = user_caller(upk, subject="alice-sub")
     bob = user_caller(upk, subject="bob-sub")
     admin = dataclasses.replace(user_caller(upk, subject="admin-sub"), is_admin=True)
-    callers = [alice]
-    server = grpc.aio.server(interceptors=[StatusOnly()], options=SERVER_OPTIONS)
-    role.add_to_server(server)
-    pb_grpc.add_BrokerServiceServicer_to_server(
-        BrokerServicer(
-            issuer,
-            role.relay,
-            caller=lambda: callers[-1],
-            connections=connections,
-            revocations=revocations,
-        ),
-        server,
-    )
-    credentials = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_chain())])
-    port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    role.start()
-    client_credentials = grpc.ssl_channel_credentials(tls.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client_credentials) as channel:
-        harness = Harness(
-            directory,
-            issuer,
-            role,
-            channel,
-            pb_grpc.BrokerServiceStub(channel),
-            session_key,
-            callers,
-            agent_keys,
-            service_key,
-            tls,
-            port,
-        )
-        try:
-            yield Cluster(harness, connections, revocations, alice, bob, admin)
-        finally:
-            await role.shutdown()
-            await server.stop(0)
-            await connections.stop()
-            await db.close()
+    try:
+        async with running_harness(
+            tmp_path, caller=alice, session_key=session_key, wiring=wiring
+        ) as harness:
+            [(connections, revocations)] = wired
+            try:
+                yield Cluster(harness, connections, revocations, alice, bob, admin)
+            finally:
+                await connections.stop()
+    finally:
+        await db.close()
 
 
 @pytest_asyncio.fixture

@@ -119,11 +119,13 @@ async def test_silent_agent_is_ended_after_three_intervals(
     await stream.authenticate(agent)
     started = asyncio.get_running_loop().time()
     while True:  # never answer the probes
-        message = await stream.read(timeout_s=3.0)
+        message = await stream.read(timeout_s=8.0)
         if message.WhichOneof("frame") == "close":
             break
         assert message.WhichOneof("frame") == "keepalive"
-    assert 1.2 <= asyncio.get_running_loop().time() - started < 2.5
+    # Not before three intervals of silence (0.4 s each); the upper bound only says "ended",
+    # with room for a busy machine.
+    assert 1.2 <= asyncio.get_running_loop().time() - started < 8.0
     assert "no keepalive" in message.close.message
     await eventually(lambda: broker.directory.targets[agent.target_id].state == "OFFLINE")
 

@@ -7,6 +7,8 @@ You see the events of your own connections; administrators see the whole organis
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
 import sys
@@ -57,8 +59,42 @@ _all_option = click.option(
 )
 
 
-def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options both `logs` commands filter with."""
+@dataclasses.dataclass(frozen=True)
+class _Filters:
+    """What both `logs` commands filter by, as typed."""
+
+    search: str
+    user: str
+    target: str
+    since: str
+    until: str
+    connection: str
+
+
+def _filter_options(connection_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options both `logs` commands filter with, handed to the command as `filters`."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def with_filters(
+            *args: object,
+            search: str,
+            user: str,
+            target: str,
+            since: str,
+            until: str,
+            connection: str,
+            **kwargs: object,
+        ) -> None:
+            filters = _Filters(search, user, target, since, until, connection)
+            command(*args, filters=filters, **kwargs)
+
+        return _with_options(with_filters, connection_help)
+
+    return decorate
+
+
+def _with_options(command: Callable[..., None], connection_help: str) -> Callable[..., None]:
     for option in reversed(
         (
             click.option(
@@ -82,6 +118,7 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
             click.option(
                 "--until", default="", metavar="WHEN", help="Only before then (as --since)."
             ),
+            click.option("--connection", default="", metavar="ID", help=connection_help),
         )
     ):
         command = option(command)
@@ -90,29 +127,23 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _event_filter(
     service: Client,
-    *,
-    search: str,
-    user: str,
-    target: str,
-    since: str,
-    until: str,
+    filters: _Filters,
     kinds: Iterable[audit_pb.EventKind.ValueType] = (),
     outcomes: Iterable[audit_pb.EventOutcome.ValueType] = (),
-    connection: str = "",
 ) -> audit_pb.EventFilter:
     """The EventFilter the options ask for, with names turned into ids."""
     # Times first: a mistyped time is refused before any call.
-    start = parse_when(since) if since else None
-    end = parse_when(until) if until else None
+    start = parse_when(filters.since) if filters.since else None
+    end = parse_when(filters.until) if filters.until else None
     if start is not None and end is not None and start >= end:
         raise InvalidArgument("--since must be before --until")
     chosen = audit_pb.EventFilter(
         kinds=list(kinds),
         outcomes=list(outcomes),
-        text=search,
-        user_id=user_id(service, user) if user else "",
-        target_id=target_id(service, target) if target else "",
-        connection_id=connection,
+        text=filters.search,
+        user_id=user_id(service, filters.user) if filters.user else "",
+        target_id=target_id(service, filters.target) if filters.target else "",
+        connection_id=filters.connection,
     )
     if start is not None:
         chosen.start_time.CopyFrom(to_timestamp(start))
@@ -144,37 +175,15 @@ def logs_group() -> None:
 
 
 @logs_group.command("commands")
-@_filter_options
-@click.option(
-    "--connection", default="", metavar="ID", help="Only commands typed in this connection."
-)
+@_filter_options("Only commands typed in this connection.")
 @_all_option
 @json_option
 @click.pass_context
 @clear_errors
-def commands_command(
-    ctx: click.Context,
-    search: str,
-    user: str,
-    target: str,
-    since: str,
-    until: str,
-    connection: str,
-    every: bool,
-    as_json: bool,
-) -> None:
+def commands_command(ctx: click.Context, filters: _Filters, every: bool, as_json: bool) -> None:
     """The commands typed in recorded shells, newest first."""
     service = client(ctx)
-    chosen = _event_filter(
-        service,
-        search=search,
-        user=user,
-        target=target,
-        since=since,
-        until=until,
-        connection=connection,
-        kinds=[audit_pb.EVENT_KIND_COMMAND],
-    )
+    chosen = _event_filter(service, filters, kinds=[audit_pb.EVENT_KIND_COMMAND])
     events, more = _events(service, chosen, every)
 
     def render(found: Sequence[audit_pb.AuditEvent]) -> str:
@@ -217,8 +226,7 @@ def commands_command(
     type=click.Choice(list(OUTCOMES)),
     help="Only events with this outcome; repeatable.",
 )
-@_filter_options
-@click.option("--connection", default="", metavar="ID", help="Only events about this connection.")
+@_filter_options("Only events about this connection.")
 @_all_option
 @click.option(
     "--export",
@@ -240,12 +248,7 @@ def events_command(
     ctx: click.Context,
     kinds: tuple[str, ...],
     outcomes: tuple[str, ...],
-    search: str,
-    user: str,
-    target: str,
-    since: str,
-    until: str,
-    connection: str,
+    filters: _Filters,
     every: bool,
     export_format: str | None,
     output: Path | None,
@@ -257,12 +260,7 @@ def events_command(
     service = client(ctx)
     chosen = _event_filter(
         service,
-        search=search,
-        user=user,
-        target=target,
-        since=since,
-        until=until,
-        connection=connection,
+        filters,
         kinds=[KINDS[kind] for kind in kinds],
         outcomes=[OUTCOMES[outcome] for outcome in outcomes],
     )

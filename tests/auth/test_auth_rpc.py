@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import cast
 
 import grpc
@@ -21,29 +20,7 @@ from bastion.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from mrzap import keys
 from mrzap.login_proof import sign_login_proof
 from mrzap.testing import TestIdentityProvider
-from mrzapd._config import ServiceConfig
-from mrzapd._server import RunningServer, start_server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
-
-
-@pytest_asyncio.fixture
-async def server(idp: TestIdentityProvider, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    config = ServiceConfig.from_dict(
-        {
-            "server": {"listen": "127.0.0.1:0"},
-            "idp": {"issuer": idp.issuer, "client_id": "zli"},
-            "admins": {"emails": ["admin@example.com"]},
-        },
-        tmp_path,
-    )
-    running = await start_server(config)
-    yield running
-    await running.stop(0)
+from mrzapd._server import RunningServer
 
 
 @pytest_asyncio.fixture

@@ -7,8 +7,7 @@ and the audit log keeps who locked whom and why.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -23,31 +22,9 @@ from bastion.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from bastion.broker.v1 import broker_service_pb2 as broker_pb
 from bastion.broker.v1 import broker_service_pb2_grpc as broker_grpc
 from mrzap.testing import TestIdentityProvider
-from mrzapd._config import ServiceConfig
-from mrzapd._server import RunningServer, start_server
+from mrzapd._server import RunningServer
 
 from .test_auth_rpc import bearer, logged_in, login
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
-
-
-@pytest_asyncio.fixture
-async def server(idp: TestIdentityProvider, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    config = ServiceConfig.from_dict(
-        {
-            "server": {"listen": "127.0.0.1:0"},
-            "idp": {"issuer": idp.issuer, "client_id": "zli"},
-            "admins": {"emails": ["admin@example.com"]},
-        },
-        tmp_path,
-    )
-    running = await start_server(config)
-    yield running
-    await running.stop(0)
 
 
 class Stubs:

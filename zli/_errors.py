@@ -26,6 +26,7 @@ EXIT_CODES: dict[type[errors.MrzapError], int] = {
     errors.InvalidArgument: 8,
     errors.FailedPrecondition: 9,
     errors.AlreadyExists: 10,
+    errors.Aborted: 13,
 }
 
 #: `zli policy explain`: the request would be denied (the command itself worked).

@@ -230,7 +230,7 @@ def test_closing_the_connection_ends_zli_connect_with_a_clear_message(org: Org) 
     )
     ok(org.cluster, org.admin, "connections", "close", listed[0]["id"])  # newest first: this one
     child.expect("zli: the connection was closed or your access was revoked")
-    assert finish(child) != 0
+    assert finish(child) == 13
 
 
 def test_a_quick_command_always_reports_its_exit_status(org: Org) -> None:

@@ -10,6 +10,7 @@ the service credential of another role (`ServiceCredential`), checked here befor
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ import grpc.aio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import AuditLog
-from auth import Access, AuthConfig, AuthStore, current_caller
+from auth import LOCKED_MESSAGE, Access, AuthConfig, AuthStore, current_caller
 from bastion.policy.v1 import policy_service_pb2 as pb
 from bastion.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from mrzap.clock import Clock, SystemClock
@@ -46,9 +47,12 @@ from ._grants import LocalGrantIssuer, TargetLookup
 from ._model import (
     ApiAccess,
     ApiCall,
+    Decision,
+    Effect,
     Policy,
     PolicyRules,
     Principal,
+    Reason,
     RegoRules,
     RegoTestResult,
     TargetAccess,
@@ -153,12 +157,23 @@ class UserLookup:
         self._store = store
         self._config = config
 
-    async def principal(self, name: str, mfa_verified_at: float) -> Principal:
-        """The principal of the user with this id or email; NotFound if there is none."""
+    async def principal(self, name: str, mfa_verified_at: float) -> tuple[Principal, bool]:
+        """The principal of the user with this id or email, and whether the user is locked;
+        NotFound if there is none."""
         user = await self._store.find_user(name)
         if user is None:
             raise NotFound(f"no user {name!r} has logged in")
-        return user_principal(user, self._config.is_admin(user.email, user.groups), mfa_verified_at)
+        admin = self._config.is_admin(user.email, user.groups)
+        return user_principal(user, admin, mfa_verified_at), user.locked
+
+
+def _locked(decision: Decision) -> Decision:
+    """What a locked user gets, whatever the policies say: nothing (the auth role refuses every
+    login and call of theirs), with the policies' own reasons after the lock."""
+    lock = Reason("", "", Effect.DENY, f"{LOCKED_MESSAGE}: unlock them first")
+    return dataclasses.replace(
+        decision, allowed=False, reasons=(lock, *decision.reasons), policy_ids=()
+    )
 
 
 def _page_size(page_size: int) -> int:
@@ -325,18 +340,20 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """Why a request would be allowed or denied now; users their own, admins anyone's."""
         caller = principal_of(current_caller())
         named = request.input.principal
-        principal = caller
+        principal, locked = caller, False
         if named.user_id or named.subject.email:
             name = named.user_id or named.subject.email.lower()
             if not caller.user_id or name not in (caller.user_id, caller.email):
                 if not caller.admin:
                     raise PermissionDenied("only administrators may explain another user's access")
                 # Explain what the user's next connection would get: as if MFA were just done.
-                principal = await self._users.principal(name, self._clock.now())
+                principal, locked = await self._users.principal(name, self._clock.now())
         elif named.api_key_id or named.groups:
             raise InvalidArgument("name the user to explain by user_id or subject email")
         action = await self._action(request.input)
         decision = await self._decider.decide(principal, action, explain=True)
+        if locked:
+            decision = _locked(decision)
         return pb.ExplainAccessResponse(decision=decision_message(decision))
 
     async def _action(self, decision_input: pb.DecisionInput) -> TargetAccess | ApiCall:

@@ -199,6 +199,10 @@ def test_locking_ends_the_users_connections_and_refuses_them_until_unlocked(
     http_request(log_in(url, "alice"))
     assert zli_login.wait() == 4, zli_login.output
     assert LOCKED in zli_login.output
+    # Whatever the policies say, an administrator's explain says she gets nothing, and why.
+    explain = ("policy", "explain", "--user", "alice@example.com", "--target", "lock-1")
+    code, output = org.zli("olivia", *explain, "--target-user", ME)
+    assert (code, LOCKED in output) == (11, True), output
 
     # Unlocked, she logs in again (with her next TOTP code; the old session stays ended).
     code, output = org.zli("olivia", "unlock", "user", "alice@example.com")
@@ -211,3 +215,4 @@ def test_locking_ends_the_users_connections_and_refuses_them_until_unlocked(
     code, output = org.zli("alice", "whoami")
     assert code == 0, output
     assert "alice@example.com" in output
+    assert org.zli("olivia", *explain, "--target-user", ME)[0] == 0

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import click
 
-from bastion.auth.v1 import auth_service_pb2 as auth_pb
 from bastion.broker.v1 import broker_service_pb2 as broker_pb
 from bastion.broker.v1 import broker_service_pb2_grpc as broker_grpc
 from bastion.mrzap.v1 import mrzap_pb2
-from mrzap.errors import InvalidArgument, MrzapError
+from mrzap.errors import InvalidArgument
 
 from . import _audit
 from ._client import Client
@@ -95,7 +94,7 @@ def list_command(
     with_user = all_users or bool(user)
 
     def render(found: Sequence[broker_pb.Connection]) -> str:
-        names = _target_names(service)
+        names = _audit.target_names(service)  # users see the targets they may reach
         headers = ["ID", "STATE", "TARGET", "AS", "WHAT", "OPENED (UTC)", "ENDS (UTC)"]
         if with_user:
             headers.insert(2, "USER")
@@ -142,16 +141,6 @@ def close_command(ctx: click.Context, connection_id: str, reason: str, as_json: 
         click.echo(to_json(answer.connection))
         return
     click.echo(f"Connection {answer.connection.id} closed.")
-
-
-def _target_names(service: Client) -> dict[str, str]:
-    """Target names by id for administrators; others may not list targets, and asking would
-    only add a refusal to the audit log, so their table shows ids."""
-    try:
-        admin = service.call(service.auth.WhoAmI, auth_pb.WhoAmIRequest()).user.admin
-    except MrzapError:  # an API key: it may be an administrator's
-        admin = True
-    return _audit.target_names(service) if admin else {}
 
 
 def _state_name(state: int) -> str:

@@ -156,7 +156,7 @@ def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(
             assert code == 0, listed
             assert connection_id in listed
             assert "open" in listed
-            assert users.target_id in listed  # users may not list targets: shown by id
+            assert "web-close" in listed  # a target bob may reach: shown by name
             code, listed = await zli_as(
                 users, users.bob, "connections", "list", "--target", users.target_id
             )

@@ -184,11 +184,10 @@ async def test_exit_status_of_the_shell(accounts: Accounts) -> None:
 async def test_close_hangs_up_the_shell(accounts: Accounts) -> None:
     shell, out = await start_shell(accounts.first)
     await run_in(shell, out, "true")
-    started = time.monotonic()
     status = await asyncio.wait_for(shell.close(), WAIT_S)
+    # SIGHUP did it (the shell died of it, or exited on it), not the SIGKILL fallback.
     assert status.signal in (signal.SIGHUP, 0)
     assert status != ExitStatus(0)
-    assert time.monotonic() - started < 2.0  # SIGHUP did it, not the SIGKILL fallback
     await drain(out)  # output still pending drains, then the end shows
 
 

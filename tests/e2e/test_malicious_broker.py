@@ -571,11 +571,14 @@ def test_a_grant_never_reaches_another_users_shell(world: World) -> None:
 # --- the channel (PROTOCOL.md section 6) -------------------------------------------------------
 
 
-def _channel_error(world: World, channel: Honest) -> mrzap_pb2.ChannelError:
+def assert_channel_ended(world: World, channel: Honest, reason: Reason, marker: Path) -> None:
+    """The agent ends the channel with a ChannelError of `reason`, and the command never ran."""
     messages = until_close(world, channel.channel_id, channel.opener)
     errors = [m.error for m in messages if m.HasField("error")]
     assert errors, messages
-    return errors[0]
+    assert Reason.from_wire(errors[0].code) is reason, errors[0].message
+    time.sleep(GRACE_S)
+    assert not marker.exists(), f"{marker} exists: the command ran"
 
 
 def test_a_flipped_ciphertext_byte_ends_the_channel(world: World) -> None:
@@ -588,10 +591,7 @@ def test_a_flipped_ciphertext_byte_ends_the_channel(world: World) -> None:
     world.link.send_frame(
         channel.channel_id, mrzap_pb2.Frame(seq=frame.seq, ciphertext=bytes(flipped))
     )
-    error = _channel_error(world, channel)
-    assert Reason.from_wire(error.code) is Reason.FRAME_AUTH_FAILED, error.message
-    time.sleep(GRACE_S)
-    assert not marker.exists(), f"{marker} exists: the command ran"
+    assert_channel_ended(world, channel, Reason.FRAME_AUTH_FAILED, marker)
 
 
 def test_a_broken_frame_ends_a_shells_channel_but_the_shell_runs_on(world: World) -> None:
@@ -632,10 +632,7 @@ def test_reordered_frames_end_the_channel(world: World) -> None:
     second = channel.sealer.seal(mrzap_pb2.ChannelMessage(stdin=b"second\n"))
     world.link.send_frame(channel.channel_id, second)
     world.link.send_frame(channel.channel_id, first)
-    error = _channel_error(world, channel)
-    assert Reason.from_wire(error.code) is Reason.FRAME_OUT_OF_ORDER, error.message
-    time.sleep(GRACE_S)
-    assert not marker.exists(), f"{marker} exists: the command ran"
+    assert_channel_ended(world, channel, Reason.FRAME_OUT_OF_ORDER, marker)
 
 
 def test_a_replayed_frame_ends_the_channel(world: World) -> None:
@@ -648,10 +645,7 @@ def test_a_replayed_frame_ends_the_channel(world: World) -> None:
     frame = channel.sealer.seal(mrzap_pb2.ChannelMessage(stdin=b"once\n"))
     world.link.send_frame(channel.channel_id, frame)
     world.link.send_frame(channel.channel_id, frame)
-    error = _channel_error(world, channel)
-    assert Reason.from_wire(error.code) is Reason.FRAME_OUT_OF_ORDER, error.message
-    time.sleep(GRACE_S)
-    assert not marker.exists(), f"{marker} exists: the command ran"
+    assert_channel_ended(world, channel, Reason.FRAME_OUT_OF_ORDER, marker)
 
 
 def test_a_frame_spliced_from_another_channel_ends_the_channel(world: World) -> None:
@@ -662,10 +656,7 @@ def test_a_frame_spliced_from_another_channel_ends_the_channel(world: World) -> 
     victim = honest_exec(world, world.alice, f"read x && touch {marker}")
     frame = donor.sealer.seal(mrzap_pb2.ChannelMessage(stdin=b"go\n"))
     world.link.send_frame(victim.channel_id, frame)
-    error = _channel_error(world, victim)
-    assert Reason.from_wire(error.code) is Reason.FRAME_AUTH_FAILED, error.message
-    time.sleep(GRACE_S)
-    assert not marker.exists(), f"{marker} exists: the command ran"
+    assert_channel_ended(world, victim, Reason.FRAME_AUTH_FAILED, marker)
     world.link.send_frame(
         donor.channel_id, donor.sealer.seal(mrzap_pb2.ChannelMessage(close=mrzap_pb2.Close()))
     )

@@ -80,9 +80,8 @@ async def run_session(
             writers.append(stderr)
         if channel.replay:
             await stdout.write(channel.replay)
-        inputs = asyncio.ensure_future(
-            _pump_input(channel, FdReader(streams.stdin), stdout, escapes=escapes)
-        )
+        reader = FdReader(streams.stdin)
+        inputs = asyncio.ensure_future(_pump_input(channel, reader, stdout, escapes=escapes))
         outputs = asyncio.ensure_future(_pump_output(channel, stdout, stderr))
         if follow_size:
             loop.add_signal_handler(signal.SIGWINCH, _on_resize, channel, streams.stdin)
@@ -96,6 +95,7 @@ async def run_session(
             for task in (inputs, outputs):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            reader.close()
     finally:
         for writer in reversed(writers):  # they may share one open file: undo in reverse
             writer.restore()

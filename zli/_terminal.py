@@ -50,29 +50,57 @@ def window_size(fd: int) -> tuple[int, int]:
 
 
 class FdReader:
-    """Reads a descriptor when it is readable, without blocking the event loop."""
+    """Reads a descriptor when it is readable, without blocking the event loop.
+
+    The descriptor stays registered with the loop between reads: a shell's input is one read per
+    keystroke, and registering and unregistering it each time costs two epoll_ctl calls and the
+    selector's bookkeeping. The reader callback reads, so no stale readiness of data already
+    read can come after it; the descriptor is unregistered only when it becomes readable while
+    nobody reads (a level-triggered poll would wake the loop again and again), and by `close`.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._loop = asyncio.get_running_loop()
+        self._waiting: asyncio.Future[bytes] | None = None
+        self._limit = 0
+        self._watching = False
 
     async def read(self, limit: int) -> bytes:
         """Up to `limit` bytes, as many as are available; b"" at end of file."""
-        while True:
-            waiting: asyncio.Future[None] = self._loop.create_future()
+        if not self._watching:
             try:
-                self._loop.add_reader(self._fd, _wake, waiting)
+                self._loop.add_reader(self._fd, self._on_readable)
             except PermissionError:
                 # A regular file cannot be polled, and reading it never waits for anyone.
                 return os.read(self._fd, limit)
-            try:
-                await waiting
-            finally:
-                self._loop.remove_reader(self._fd)
-            try:
-                return os.read(self._fd, limit)
-            except BlockingIOError:
-                continue  # someone else (a shared terminal) took it first
+            self._watching = True
+        self._limit = limit
+        self._waiting = self._loop.create_future()
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
+    def close(self) -> None:
+        """Stop watching the descriptor."""
+        if self._watching:
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+
+    def _on_readable(self) -> None:
+        waiting = self._waiting
+        if waiting is None or waiting.done():
+            self.close()  # nobody reads now: the next read watches again
+            return
+        try:
+            data = os.read(self._fd, self._limit)
+        except BlockingIOError:
+            return  # someone else (a shared terminal) took it first
+        except OSError as error:
+            waiting.set_exception(error)
+            return
+        waiting.set_result(data)
 
 
 class FdWriter:

@@ -48,6 +48,8 @@ Send = Callable[[pb.ControlRequest], Awaitable[None]]
 #: Endings of detached shells kept for the broker while offline; older ones are dropped (their
 #: records then close at their session's expiry).
 _MAX_UNTOLD_ENDINGS = 1000
+#: Endings told on the last stream, told again on the next one.
+_RETOLD_ENDINGS = 100
 
 #: The initial credit of each direction (PROTOCOL.md §6).
 DEFAULT_WINDOW = 256 * 1024
@@ -183,8 +185,14 @@ class AgentChannels:
         self._opening: set[str] = set()
         self._left_while_opening: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Detached shells that ended by themselves, until the broker has heard (ConnectionEnded).
-        self._ended: collections.deque[str] = collections.deque(maxlen=_MAX_UNTOLD_ENDINGS)
+        # Detached shells that ended by themselves, until the broker has heard (ConnectionEnded):
+        # (connection id, whether it is told a second time). Those told on a stream are told once
+        # more on the next: the stream may have ended with them unhandled, and telling the broker
+        # again changes nothing if it had handled them.
+        self._ended: collections.deque[tuple[str, bool]] = collections.deque(
+            maxlen=_MAX_UNTOLD_ENDINGS
+        )
+        self._told: collections.deque[str] = collections.deque(maxlen=_RETOLD_ENDINGS)
         self._stream: Send | None = None
         sessions.on_detached_end = self._ended_detached
 
@@ -214,6 +222,8 @@ class AgentChannels:
     def connected(self, send: Send) -> None:
         """A control stream is up: tell the broker which detached shells ended meanwhile."""
         self._stream = send
+        self._ended.extendleft((told, True) for told in reversed(self._told))
+        self._told.clear()
         if self._ended:
             self._spawn(self._tell_endings(send))
 
@@ -225,20 +235,23 @@ class AgentChannels:
         await asyncio.gather(*(self._detach(channel) for channel in channels))
 
     def _ended_detached(self, connection_id: str) -> None:
-        self._ended.append(connection_id)
+        self._ended.append((connection_id, False))
         if self._stream is not None and len(self._ended) == 1:  # else a telling is under way
             self._spawn(self._tell_endings(self._stream))
 
     async def _tell_endings(self, send: Send) -> None:
         while self._ended:
-            ended = pb.ConnectionEnded(connection_id=self._ended[0])
+            first = self._ended[0]
+            ended = pb.ConnectionEnded(connection_id=first[0])
             try:
                 await send(pb.ControlRequest(connection_ended=ended))
             except Exception:  # the stream broke: the next one tells (see `connected`)
                 return
-            # Forgotten once written: a stream that broke first leaves it for the next one.
-            if self._ended and self._ended[0] == ended.connection_id:
+            # A stream that broke first leaves it for the next one.
+            if self._ended and self._ended[0] is first:
                 self._ended.popleft()
+                if not first[1]:
+                    self._told.append(first[0])
 
     async def enforce_expiry(self) -> None:
         """End connections whose grant was revoked or whose session expired."""

@@ -39,6 +39,7 @@ from mrzap.channel import Direction, FrameOpener, FrameSealer
 from mrzap.grant import GrantSigner
 from mrzap.handshake import Action, build_syn, verify_reject, verify_synack
 from mrzap.testing import TestIdentityProvider
+from mrzap.timestamps import to_duration
 from mrzap.verification import Reason
 from tests.agent.test_control import eventually
 from tests.broker.conftest import READ_TIMEOUT_S
@@ -61,6 +62,7 @@ class Setup:
     target_id: str
     idp: TestIdentityProvider
     sessions: Sessions
+    loop: ControlLoop
 
 
 @pytest_asyncio.fixture
@@ -87,7 +89,7 @@ async def setup(tmp_path: Path, idp: TestIdentityProvider) -> AsyncIterator[Setu
         running = asyncio.ensure_future(loop.run(stop))
         try:
             await eventually(lambda: loop.online)
-            yield Setup(harness, agent.target_id, idp, sessions)
+            yield Setup(harness, agent.target_id, idp, sessions, loop)
         finally:
             stop.set()
             await asyncio.wait_for(running, READ_TIMEOUT_S)
@@ -140,6 +142,17 @@ class Client:
 
     async def grant(self, count: int) -> None:
         await self.send(mrzap_pb2.ChannelMessage(window_update=mrzap_pb2.WindowUpdate(bytes=count)))
+
+
+def pb_agent_close(message: str, *, retry_after_s: float) -> agent_pb.ControlResponse:
+    """The broker's ControlClose asking the agent to come back after `retry_after_s`."""
+    return agent_pb.ControlResponse(
+        close=agent_pb.ControlClose(
+            reason=agent_pb.CONTROL_CLOSE_REASON_UNSPECIFIED,
+            message=message,
+            retry_after=to_duration(retry_after_s),
+        )
+    )
 
 
 async def connect(
@@ -348,6 +361,34 @@ async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup
     client.call.cancel()
     await eventually(lambda: not shell_session.attached)
     os.kill(shell_session.pid, signal.SIGKILL)  # it ends with no channel to carry the news
+    await eventually(lambda: ended == [(setup.target_id, connection_id)])
+
+
+@pytest.mark.asyncio
+async def test_a_shell_that_ends_while_the_agent_is_offline_is_reported_when_it_is_back(
+    setup: Setup,
+) -> None:
+    ended: list[tuple[str, str]] = []
+
+    async def heard(target_id: str, connection_id: str) -> None:
+        ended.append((target_id, connection_id))
+
+    setup.harness.role.servicer.on_connection_ended = heard
+    shell = mrzap_pb2.ShellOpen(target_user=ME, term="xterm", cols=80, rows=24)
+    client, connection_id = await connect_with_result(setup, mrzap_pb2.VERB_SHELL, shell)
+    running = setup.sessions.get(connection_id)
+    assert running is not None
+    shell_session = running.session
+    assert isinstance(shell_session, PtyShell)
+    client.call.cancel()
+    await eventually(lambda: not shell_session.attached)
+    stream = setup.harness.role.agents.get(setup.target_id)
+    assert stream is not None
+    back_later = pb_agent_close("back in a second", retry_after_s=1.0)
+    stream.send(back_later)
+    await eventually(lambda: not setup.loop.online)
+    os.kill(shell_session.pid, signal.SIGKILL)  # while nobody could hear of it
+    await eventually(lambda: setup.loop.online)
     await eventually(lambda: ended == [(setup.target_id, connection_id)])
 
 

@@ -9,7 +9,7 @@ in the input as its `scope` (why: see authz.rego), and organisation-wide setting
 the policy each came from.
 
 Times and durations are numbers in the data and the input, with preformatted text beside them for
-messages, because the two engines do not agree on Rego's time functions (DEPENDENCIES.md).
+messages, because the two engines do not agree on Rego's time functions.
 """
 
 from __future__ import annotations

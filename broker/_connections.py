@@ -1,7 +1,8 @@
 """Connection records: what each user's connections are doing, kept by the broker in the store.
 
 A connection is born PENDING when OpenConnection issues its grant; its id is the channel id of that
-first channel (DESIGN "Decided design"). The broker learns the rest from the channels it relays:
+first channel, on the broker and the agent alike. The broker learns the rest from the channels it
+relays and from the agent:
 
     agent's SYN-ACK        → OPEN        (audit OPENED, or ATTACHED for a re-attach)
     agent's Reject         → CLOSED      for a new connection (a re-attach leaves it as it was;

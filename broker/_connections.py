@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -275,13 +275,12 @@ class Connections:
 
         Call after the revocation went out (see `Revocations.revoke`).
         """
-        now = self._clock.now()
-        closed = []
-        async with self._store.transaction() as s:
-            for record in await self._store.live_matching(s, grant_ids, subjects):
-                if await self._close(s, record, reason, now, actor_user_id):
-                    closed.append(record.id)
-        return closed
+        return await self._close_found(
+            lambda s: self._store.live_matching(s, grant_ids, subjects),
+            reason,
+            self._clock.now(),
+            actor_user_id,
+        )
 
     async def close_revoked_users(
         self, grant_ids: Sequence[str], subjects: Sequence[tuple[str, str]], reason: str
@@ -298,13 +297,11 @@ class Connections:
         # What this broker's relay still knows of those channels is written first, so a
         # connection the old process ended normally keeps that ending.
         await self.flush()
-        now = self._clock.now()
-        closed = []
-        async with self._store.transaction() as s:
-            for record in await self._store.started_on(s, target_id, started_before):
-                if await self._close(s, record, _RESTARTED, now, ""):
-                    closed.append(record.id)
-        return closed
+        return await self._close_found(
+            lambda s: self._store.started_on(s, target_id, started_before),
+            _RESTARTED,
+            self._clock.now(),
+        )
 
     async def close_ended_detached(self, target_id: str, connection_id: str) -> bool:
         """The agent of `target_id` says the detached shell `connection_id` ended by itself:
@@ -330,12 +327,25 @@ class Connections:
         if now - self._expiry_checked < _EXPIRY_CHECK_S:
             return []
         self._expiry_checked = now
+        return await self._close_found(
+            lambda s: self._store.live_of(s, expired_by=now, pending_before=now - _PENDING_LIMIT_S),
+            "the session expired",
+            now,
+        )
+
+    async def _close_found(
+        self,
+        find: Callable[[AsyncSession], Awaitable[list[ConnectionRecord]]],
+        reason: str,
+        now: float,
+        actor_user_id: str = "",
+    ) -> list[str]:
+        """Close (and audit), in one transaction, the connections `find` reads; the ids of those
+        that were still live."""
         closed = []
         async with self._store.transaction() as s:
-            for record in await self._store.live_of(
-                s, expired_by=now, pending_before=now - _PENDING_LIMIT_S
-            ):
-                if await self._close(s, record, "the session expired", now, ""):
+            for record in await find(s):
+                if await self._close(s, record, reason, now, actor_user_id):
                     closed.append(record.id)
         return closed
 

@@ -72,9 +72,16 @@ class Harness:
         target_id: str,
         verb: mrzap_pb2.Verb.ValueType = mrzap_pb2.VERB_SHELL,
         target_user: str = "alice",
+        connection_id: str = "",
     ) -> pb.OpenConnectionResponse:
+        """OpenConnection for a new connection, or to re-attach to `connection_id`."""
         response: pb.OpenConnectionResponse = await self.stub.OpenConnection(  # type: ignore[misc]
-            pb.OpenConnectionRequest(target_id=target_id, verb=verb, target_user=target_user),
+            pb.OpenConnectionRequest(
+                target_id=target_id,
+                verb=verb,
+                target_user=target_user,
+                connection_id=connection_id,
+            ),
             timeout=READ_TIMEOUT_S,
         )
         return response

@@ -219,15 +219,7 @@ async def test_a_user_cannot_list_close_or_reattach_to_anothers_connection(
     # Re-attaching to alice's shell is refused before any grant is signed for bob.
     issued = len(cluster.harness.issuer.issued)
     refused = await rpc_error(
-        cluster.harness.stub.OpenConnection(
-            pb.OpenConnectionRequest(
-                target_id=agent.target_id,
-                verb=mrzap_pb2.VERB_SHELL,
-                target_user="alice",
-                connection_id=connection_id,
-            ),
-            timeout=READ_TIMEOUT_S,
-        )
+        cluster.harness.open_connection(agent.target_id, connection_id=connection_id)
     )
     assert refused.code() is grpc.StatusCode.NOT_FOUND
     assert len(cluster.harness.issuer.issued) == issued
@@ -267,15 +259,7 @@ async def test_a_shell_whose_client_leaves_is_detached_and_can_be_reattached(
     await cluster.connections.flush()
     [listed] = await cluster.list()
     assert listed.state == pb.CONNECTION_STATE_DETACHED
-    opened = await cluster.harness.stub.OpenConnection(  # type: ignore[misc]
-        pb.OpenConnectionRequest(
-            target_id=agent.target_id,
-            verb=mrzap_pb2.VERB_SHELL,
-            target_user="alice",
-            connection_id=connection_id,
-        ),
-        timeout=READ_TIMEOUT_S,
-    )
+    opened = await cluster.harness.open_connection(agent.target_id, connection_id=connection_id)
     assert opened.connection_id == connection_id
     assert opened.channel_id != connection_id
     [listed] = await cluster.list()

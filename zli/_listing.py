@@ -11,6 +11,7 @@ import click
 from google.protobuf.message import Message
 
 from ._format import to_json
+from ._resolve import all_pages
 
 __all__ = ["echo_list", "pages"]
 
@@ -26,15 +27,10 @@ def pages(
     `fetch(page_token)` returns a page and the next token ("" after the last page). Without
     `every` only the first page is read.
     """
-    found: list[_Item] = []
-    token = ""
-    while True:
-        items, token = fetch(token)
-        found.extend(items)
-        if not token:
-            return found, False
-        if not every:
-            return found, True
+    if every:
+        return list(all_pages(fetch)), False
+    items, token = fetch("")
+    return list(items), bool(token)
 
 
 def echo_list(

@@ -23,9 +23,8 @@ from typing import Protocol
 
 from audit import AuditLog
 from auth import AuthService, Caller, User
-from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from bastion.mrzap.v1 import mrzap_pb2
-from bastion.policy.v1 import policy_service_pb2 as policy_pb
+from policy import change_event, principal_of
 
 __all__ = ["LockOutcome", "Revoker", "UserLocks"]
 
@@ -124,25 +123,6 @@ class UserLocks:
         await self._auth.check_not_locked(user_id)
 
     async def _record(self, method: str, caller: Caller, address: str, message: str) -> None:
-        actor = audit_pb.Actor(
-            user_id=caller.user_id, api_key_id=caller.api_key_id, address=address
-        )
-        if caller.user is not None:
-            actor.subject.CopyFrom(
-                mrzap_pb2.Subject(
-                    iss=caller.user.issuer, sub=caller.user.subject, email=caller.user.email
-                )
-            )
         await self._audit.record(
-            audit_pb.AuditEvent(
-                kind=audit_pb.EVENT_KIND_API_CALL,
-                outcome=audit_pb.EVENT_OUTCOME_ALLOWED,
-                reasons=[
-                    policy_pb.DecisionReason(
-                        effect=policy_pb.DECISION_EFFECT_ALLOW, message=message
-                    )
-                ],
-                actor=actor,
-                api_call=audit_pb.ApiCallDetails(method=_SERVICE + method),
-            )
+            change_event(_SERVICE + method, principal_of(caller), address, message)
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ._access_request_store import AccessRequest, AccessRequestState, AccessRequestStore
 from ._access_requests import AccessRequests
+from ._audit_events import change_event
 from ._authorize import AuthorizationInterceptor, principal_of
 from ._decider import PolicyDecider
 from ._engine import PolicyEngine, engine_from_spec
@@ -74,6 +75,7 @@ __all__ = [
     "TargetSelector",
     "UserLookup",
     "Verb",
+    "change_event",
     "engine_from_spec",
     "principal_of",
 ]

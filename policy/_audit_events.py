@@ -91,7 +91,8 @@ def change_event(
     policy_id: str = "",
     policy_name: str = "",
 ) -> audit_pb.AuditEvent:
-    """A change to a policy or an access request (or its refusal), described by `message`."""
+    """A change (to a policy, an access request, a user's lock) or its refusal, described by
+    `message`."""
     reason = Reason(
         policy_id=policy_id,
         policy_name=policy_name,

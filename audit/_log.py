@@ -18,7 +18,7 @@ from bastion.audit.v1 import audit_service_pb2 as pb
 from bastion.registry.v1 import registry_service_pb2 as registry_pb
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import InvalidArgument
-from mrzap.paging import decode_page_token, encode_page_token
+from mrzap.paging import decode_page_token, encode_page_token, page_limit
 from mrzap.timestamps import from_timestamp, to_timestamp
 
 from ._store import INDEXED_ID_LENGTH, AuditStore, EventQuery, EventRecord
@@ -113,11 +113,9 @@ class AuditLog:
 
         Among events of the same time, the one recorded later comes first.
         """
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
+        limit = page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         if query.start is not None and query.end is not None and query.start >= query.end:
             raise InvalidArgument("the time range is empty: start_time must be before end_time")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         records = await self._store.search(query, _cursor(page_token), limit + 1)
         page = records[:limit]
         next_token = ""

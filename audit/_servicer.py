@@ -21,7 +21,13 @@ from bastion.audit.v1 import audit_service_pb2 as pb
 from bastion.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from bastion.mrzap.v1 import mrzap_pb2
 from mrzap.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
-from mrzap.paging import decode_page_token, decode_time_token, encode_page_token, encode_time_token
+from mrzap.paging import (
+    decode_page_token,
+    decode_time_token,
+    encode_page_token,
+    encode_time_token,
+    page_limit,
+)
 from mrzap.timestamps import from_timestamp, to_timestamp
 
 from ._log import AuditLog
@@ -171,9 +177,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         owner = _owner(caller)
         if owner is not None and request.user_id and request.user_id != caller.user_id:
             raise PermissionDenied("only administrators may list other users' recordings")
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        limit = min(request.page_size or _DEFAULT_RECORDINGS, _MAX_RECORDINGS)
+        limit = page_limit(request.page_size, _DEFAULT_RECORDINGS, _MAX_RECORDINGS)
         query = RecordingQuery(
             target_id=request.target_id,
             # A user's own recordings are matched by their IdP subject, which the signed header
@@ -199,9 +203,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         """A page of one recording's exact signed chunks, in chain order, with its metadata."""
         recordings = self._served()
         record = await self._visible(recordings, request.connection_id)
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        limit = min(request.page_size or _DEFAULT_CHUNKS, _MAX_CHUNKS)
+        limit = page_limit(request.page_size, _DEFAULT_CHUNKS, _MAX_CHUNKS)
         start = _chunk_cursor(request.page_token)
         chunks: list[bytes] = []
         size = 0

@@ -20,7 +20,7 @@ import secrets
 
 from mrzap.clock import Clock
 from mrzap.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from mrzap.paging import decode_page_token, encode_page_token
+from mrzap.paging import decode_page_token, encode_page_token, page_limit
 
 from ._api_key_store import ApiKey, ApiKeyStore
 from ._caller import Caller
@@ -101,9 +101,7 @@ class ApiKeyService:
 
     async def list(self, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
         """A page of keys that have not been revoked (expired ones included) and the next token."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         found = await self._store.list_live(decode_page_token(page_token), limit + 1)
         page = found[:limit]
         next_token = encode_page_token((page[-1].name, page[-1].id)) if len(found) > limit else ""

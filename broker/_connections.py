@@ -41,8 +41,8 @@ from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from bastion.mrzap.v1 import mrzap_pb2
 from bastion.policy.v1 import policy_service_pb2 as policy_pb
 from mrzap.clock import Clock, SystemClock
-from mrzap.errors import Aborted, InvalidArgument, MrzapError, NotFound
-from mrzap.paging import decode_time_token, encode_time_token
+from mrzap.errors import Aborted, MrzapError, NotFound
+from mrzap.paging import decode_time_token, encode_time_token, page_limit
 
 from ._connection_store import (
     ConnectionQuery,
@@ -387,10 +387,8 @@ class Connections:
         self, query: ConnectionQuery, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ConnectionRecord], str]:
         """A page of matching connections, newest first, and the next page's token."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
+        limit = page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         await self.close_expired()
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         records = await self._store.search(query, decode_time_token(page_token), limit + 1)
         page = records[:limit]
         next_token = ""

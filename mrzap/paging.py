@@ -1,4 +1,5 @@
-"""Opaque page tokens for list RPCs (AIP-158): a key-set cursor, base64url-encoded."""
+"""Paging for list RPCs (AIP-158): opaque page tokens (a key-set cursor, base64url-encoded) and
+the page size a request gets."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import json
 
 from .errors import InvalidArgument
 
-__all__ = ["decode_page_token", "decode_time_token", "encode_page_token", "encode_time_token"]
+__all__ = [
+    "decode_page_token",
+    "decode_time_token",
+    "encode_page_token",
+    "encode_time_token",
+    "page_limit",
+]
 
 
 def encode_page_token(cursor: tuple[str, str]) -> str:
@@ -46,3 +53,11 @@ def decode_time_token(token: str) -> tuple[float, str] | None:
         return float(cursor[0]), cursor[1]
     except ValueError:
         raise InvalidArgument("the page token is not valid") from None
+
+
+def page_limit(page_size: int, default: int, maximum: int) -> int:
+    """How many items a request's `page_size` asks for: `default` for 0, at most `maximum`;
+    InvalidArgument if it is negative."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(page_size or default, maximum)

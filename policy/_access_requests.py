@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from audit import AuditLog
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from mrzap.paging import decode_time_token, encode_time_token
+from mrzap.paging import decode_time_token, encode_time_token, page_limit
 
 from ._access_request_store import AccessRequest, AccessRequestState, AccessRequestStore
 from ._audit_events import change_event
@@ -179,9 +179,7 @@ class AccessRequests:
         page_token: str = "",
     ) -> tuple[list[AccessRequest], str]:
         """A page of the caller's own requests and those they may decide, newest first."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         decidable = [
             policy.id
             for policy in await self._policies.all_current()

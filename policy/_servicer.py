@@ -24,7 +24,7 @@ from bastion.policy.v1 import policy_service_pb2 as pb
 from bastion.policy.v1 import policy_service_pb2_grpc as pb_grpc
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import InvalidArgument, NotFound, PermissionDenied
-from mrzap.paging import decode_page_token, encode_page_token
+from mrzap.paging import decode_page_token, encode_page_token, page_limit
 from mrzap.timestamps import from_timestamp, to_timestamp
 
 from ._access_request_store import AccessRequestState
@@ -177,9 +177,7 @@ def _locked(decision: Decision) -> Decision:
 
 
 def _page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):

@@ -26,7 +26,7 @@ from mrzap.errors import (
     NotFound,
     Unauthenticated,
 )
-from mrzap.paging import decode_page_token, encode_page_token
+from mrzap.paging import decode_page_token, encode_page_token, page_limit
 
 from . import _secrets
 from ._config import RegistryConfig
@@ -123,9 +123,7 @@ class SweepResult:
 
 
 def _page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return page_limit(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _page(found: list[_Item], limit: int) -> tuple[list[_Item], str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import pwd
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,11 +40,12 @@ from mrzap.handshake import Action, build_syn, verify_reject, verify_synack
 from mrzap.testing import TestIdentityProvider
 from mrzap.timestamps import to_duration
 from mrzap.verification import Reason
+from tests.accounts import LOGIN
 from tests.agent.test_control import eventually
 from tests.broker.conftest import READ_TIMEOUT_S
 from tests.broker.harness import Harness, running_harness
 
-ME = pwd.getpwuid(os.getuid()).pw_name
+ME = LOGIN
 
 
 @pytest.fixture(scope="module")

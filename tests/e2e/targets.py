@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import pwd
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mrzap.process import ChildProcess
+from tests.accounts import LOGIN
 
 from .conftest import free_port, start_cluster
 from .test_admin_cli import ok
 from .test_agents import ONLINE_LINE, SERVICE_CONFIG, Org, register, run_agent
 from .test_login import enrol
 
-#: The user the tests run as: the one target user every site's agent offers.
-ME = pwd.getpwuid(os.getuid()).pw_name
+#: The account the tests connect to: the one target user every site's agent offers.
+ME = LOGIN
 
 
 @dataclasses.dataclass(frozen=True)

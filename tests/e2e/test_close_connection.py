@@ -142,9 +142,9 @@ def gone(pid: int) -> bool:
 
 
 def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(
-    users: Users, tmp_path: Path
+    users: Users, login_tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "pid"
+    pid_file = login_tmp_path / "pid"
 
     async def scenario() -> None:
         async with broker(users.org.cluster) as stub:
@@ -183,9 +183,9 @@ def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(
 
 
 def test_a_user_cannot_see_close_or_reattach_to_anothers_connection(
-    users: Users, tmp_path: Path
+    users: Users, login_tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "pid"
+    pid_file = login_tmp_path / "pid"
 
     async def scenario() -> None:
         async with broker(users.org.cluster) as stub:

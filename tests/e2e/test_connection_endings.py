@@ -49,7 +49,7 @@ def closed_because(site: Site, connection_id: str) -> str:
 
 
 def test_a_detached_shell_that_exits_is_closed(site: Site) -> None:
-    script = "echo before-restart-$((1+1)); sleep 1; exit\n"
+    script = "echo before-restart-$((1+1)); sleep 5; exit\n"  # exits once detached
     connection_id = asyncio.run(detached_shell(site.org, site.target_id, script))
     assert "the shell ended while detached" in closed_because(site, connection_id)
     recording, _ = asyncio.run(completed(site.org, connection_id))

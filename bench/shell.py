@@ -2,10 +2,16 @@
 
 It starts two private set-ups on loopback and drives both the way a user does:
 - OpenSSH: a private `sshd` (its own host key and configuration in a temporary directory, key-based
-  login for the current user with a temporary key) and the `ssh` client;
+  login with a temporary key) and the `ssh` client;
 - mrzap: `mrzapd up` in a temporary data directory (all roles, the development IdP, a registered
   local agent and the demo policy), `zli login` as the demo administrator, then `zli connect` and
-  `zli exec` to this machine as the current Unix user.
+  `zli exec` to this machine.
+
+Both log in to the same Unix account. Run as root, that is one made for the run with the
+distribution's default startup files, and removed after: sshd runs a command through the
+account's shell, which reads its ~/.bashrc (Debian builds bash so), while the agent's does not,
+so a heavy ~/.bashrc (root's with a version manager costs ~150 ms) would slow only OpenSSH and
+flatter mrzap. Otherwise it is the current user.
 
 It prints, as absolute figures and as ratios mrzap / OpenSSH, next to the goals:
 - keystroke echo round trip, p50 and p99: `ssh -tt` and `zli connect`, each in a pseudo-terminal
@@ -56,7 +62,6 @@ from mrzap.process import ChildProcess  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SSHD = Path("/usr/sbin/sshd")
-ME = pwd.getpwuid(os.getuid()).pw_name
 #: Typed into the remote shell: raw mode without echo, so each byte comes back once, from `cat`.
 #: The quotes keep the echoed command line from matching the marker.
 _START_CAT = b"stty raw -echo; echo MRZAP''READY; exec cat\r"
@@ -91,15 +96,36 @@ def ensure_sshd() -> None:
 
 
 @contextlib.contextmanager
-def private_sshd(directory: Path) -> Iterator[list[str]]:
+def bench_account() -> Iterator[str]:
+    """The Unix account both sides log in to (see the module docstring)."""
+    if os.getuid() != 0:
+        yield pwd.getpwuid(os.getuid()).pw_name
+        return
+    name = f"mzbench{os.getpid()}"
+    # A password of "*" matches none, but unlike useradd's "!" it does not lock the account,
+    # which sshd would refuse even with a key.
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", name], check=True
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def private_sshd(directory: Path, user: str) -> Iterator[list[str]]:
     """Run an sshd on a loopback port; yields the ssh command (without the remote command)."""
-    directory.mkdir(mode=0o700)
+    # sshd reads authorized_keys as the user logging in: it must reach and read it.
+    directory.mkdir(mode=0o711)
     for name in ("host_key", "user_key"):
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)],
             check=True,
         )
-    (directory / "authorized_keys").write_text((directory / "user_key.pub").read_text())
+    authorized = directory / "authorized_keys"
+    authorized.write_text((directory / "user_key.pub").read_text())
+    authorized.chmod(0o644)
     port = free_port()
     (directory / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
@@ -130,7 +156,7 @@ def private_sshd(directory: Path) -> Iterator[list[str]]:
             "BatchMode=yes",
             "-o",
             "LogLevel=ERROR",
-            f"{ME}@127.0.0.1",
+            f"{user}@127.0.0.1",
         ]
     finally:
         sshd.stop()
@@ -140,9 +166,9 @@ def private_sshd(directory: Path) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def private_mrzap(directory: Path) -> Iterator[tuple[list[str], dict[str, str], str]]:
-    """Run `mrzapd up` and log in as alice; yields the zli command, its environment and the
-    `USER@TARGET` of this machine."""
+def private_mrzap(directory: Path, user: str) -> Iterator[tuple[list[str], dict[str, str], str]]:
+    """Run `mrzapd up` offering `user` and log in as alice; yields the zli command, its
+    environment and the `USER@TARGET` of this machine."""
     port, idp_port = free_port(), free_port()
     up = ChildProcess(
         [
@@ -154,6 +180,8 @@ def private_mrzap(directory: Path) -> Iterator[tuple[list[str], dict[str, str], 
             str(port),
             "--idp-port",
             str(idp_port),
+            "--target-user",
+            user,
         ]
     )
     try:
@@ -322,11 +350,18 @@ def main() -> None:
     ensure_sshd()
     if not shutil.which("ssh"):
         sys.exit("the ssh client is missing: install openssh-client")
-    with tempfile.TemporaryDirectory(prefix="mrzap-bench-shell-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="mrzap-bench-shell-") as tmp,
+        bench_account() as user,
+    ):
         root = Path(tmp)
+        root.chmod(0o711)  # the account reaches the payload and authorized_keys below it
         size = text_file(root / "payload", args.mib)
         payload = str(root / "payload")
-        with private_sshd(root / "sshd") as ssh, private_mrzap(root / "mrzap") as mrzap:
+        with (
+            private_sshd(root / "sshd", user) as ssh,
+            private_mrzap(root / "mrzap", user) as mrzap,
+        ):
             zli, env, target = mrzap
             print("measuring ...", flush=True)
             results: dict[str, tuple[float, float]] = {}

@@ -14,19 +14,25 @@ and a local-policy.toml the operator wrote is never overwritten.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bastion.audit.v1 import audit_service_pb2 as audit_pb
-from bastion.policy.v1 import policy_service_pb2 as policy_pb
-from policy import SubjectSelector, TargetConnectRules, TargetSelector, Verb
+from mrzap.errors import InvalidArgument
+from policy import (
+    SubjectSelector,
+    TargetConnectRules,
+    TargetSelector,
+    Verb,
+    policy_change_event,
+)
 
 from ._server import RunningServer
 
-__all__ = ["DEMO_POLICY_NAME", "ensure_demo_policy", "ensure_local_policy", "local_unix_user"]
+__all__ = ["DEMO_POLICY_NAME", "demo_target_user", "ensure_demo_policy", "ensure_local_policy"]
 
 #: The name of the policy `mrzapd up` manages; delete or edit it like any other policy.
 DEMO_POLICY_NAME = "mrzapd-up-demo"
@@ -35,11 +41,31 @@ _DESCRIPTION = "Written by `mrzapd up`: the demo users may use this machine as {
 _METHOD = "mrzapd up/demo policy"
 #: The agent's own policy file (agent._local_policy.LOCAL_POLICY_FILE).
 _LOCAL_POLICY_FILE = "local-policy.toml"
+#: The first line of a local-policy.toml `mrzapd up` wrote (and may therefore rewrite).
+_LOCAL_POLICY_HEADER = (
+    "# Written by `mrzapd up`: the target users this agent serves, whatever a grant says.\n"
+)
 
 
-def local_unix_user() -> str:
-    """The Unix user this process runs as: the one target user the demo offers."""
-    return pwd.getpwuid(os.getuid()).pw_name
+def demo_target_user(requested: str | None) -> str:
+    """The Unix user the demo offers: `requested`, or by default the one running `mrzapd up`.
+
+    Raises InvalidArgument for an account this machine lacks, or another account than its own
+    when not running as root (the local agent runs as the same user and could not act as it).
+    """
+    me = pwd.getpwuid(os.getuid()).pw_name
+    if not requested or requested == me:
+        return me
+    try:
+        pwd.getpwnam(requested)
+    except KeyError:
+        raise InvalidArgument(f"--target-user: there is no Unix user {requested!r} here") from None
+    if os.geteuid() != 0:
+        raise InvalidArgument(
+            f"--target-user: mrzapd up runs as {me!r}, not root, so its agent can act only as "
+            f"{me!r}, not as {requested!r}"
+        )
+    return requested
 
 
 def _rules(emails: Sequence[str], target_id: str, target_user: str) -> TargetConnectRules:
@@ -72,31 +98,14 @@ async def ensure_demo_policy(
             what = "created"
         # In the change's transaction, like every policy change: the log shows who wrote it.
         await running.audit.record(
-            audit_pb.AuditEvent(
-                kind=audit_pb.EVENT_KIND_API_CALL,
-                outcome=audit_pb.EVENT_OUTCOME_ALLOWED,
-                reasons=[
-                    policy_pb.DecisionReason(
-                        policy_id=policy.id,
-                        policy_name=policy.name,
-                        effect=policy_pb.DECISION_EFFECT_ALLOW,
-                        message=f"{what} target_connect policy {policy.name!r} ({policy.id}) "
-                        f"version {policy.version}",
-                    )
-                ],
-                api_call=audit_pb.ApiCallDetails(method=_METHOD),
-            ),
-            session=session,
+            policy_change_event(_METHOD, None, "", what, policy), session=session
         )
     await running.decider.reload()
 
 
 def ensure_local_policy(agent_dir: Path, target_user: str) -> None:
-    """Write the agent's local-policy.toml allowing `target_user`, unless one exists."""
+    """Write the agent's local-policy.toml allowing `target_user`, unless the operator wrote one."""
     path = agent_dir / _LOCAL_POLICY_FILE
-    if path.exists():
+    if path.exists() and not path.read_text().startswith(_LOCAL_POLICY_HEADER):
         return
-    path.write_text(
-        "# Written by `mrzapd up`: the target users this agent serves, whatever a grant says.\n"
-        f"target_users = [{target_user!r}]\n".replace("'", '"')
-    )
+    path.write_text(_LOCAL_POLICY_HEADER + f"target_users = [{json.dumps(target_user)}]\n")

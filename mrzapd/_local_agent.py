@@ -77,7 +77,7 @@ async def local_agent(
 ) -> AsyncIterator[LocalAgent]:
     """Register the local agent on first use, run it while the context lasts, then stop it.
 
-    `target_user` is the Unix user its local policy allows, unless that file exists already.
+    `target_user` is the Unix user its local policy allows, unless the operator wrote that file.
     """
     directory = data_dir / "agent"
     name = socket.gethostname().split(".")[0] or "local"

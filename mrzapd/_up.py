@@ -24,7 +24,7 @@ from mrzap.keys import write_secret_file
 from mrzap.process import ChildProcess
 
 from ._config import PolicySettings, ServiceConfig
-from ._demo import ensure_demo_policy, local_unix_user
+from ._demo import demo_target_user, ensure_demo_policy
 from ._local_agent import LocalAgent, local_agent
 from ._server import RunningServer, serve_until_stopped
 
@@ -116,8 +116,13 @@ def run_up(
     idp_port: int,
     database: str | None = None,
     policy_engine: str | None = None,
+    target_user: str | None = None,
 ) -> None:
-    """Start the development IdP and the service; run until interrupted."""
+    """Start the development IdP and the service; run until interrupted.
+
+    The demo users may act as `target_user` on this machine (default: the user running this).
+    """
+    offered_user = demo_target_user(target_user)
     data_dir = data_dir.resolve()
     idp_dir = data_dir / "idp"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -144,12 +149,11 @@ def run_up(
 
         @contextlib.asynccontextmanager
         async def alongside(running: RunningServer) -> AsyncIterator[None]:
-            target_user = local_unix_user()
-            async with local_agent(running, data_dir, target_user) as agent:
+            async with local_agent(running, data_dir, offered_user) as agent:
                 emails = [email for _, email, *_ in _DEMO_USERS]
-                await ensure_demo_policy(running, emails, agent.target_id, target_user)
+                await ensure_demo_policy(running, emails, agent.target_id, offered_user)
                 passwords_file = idp_dir / "demo-passwords"
-                banner = _banner(running, passwords, issuer, agent, passwords_file, target_user)
+                banner = _banner(running, passwords, issuer, agent, passwords_file, offered_user)
                 print(banner, flush=True)
                 yield
 

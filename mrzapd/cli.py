@@ -82,14 +82,25 @@ def serve_command(
 )
 @click.option("--port", default=8443, show_default=True, help="The service's port.")
 @click.option("--idp-port", default=5556, show_default=True, help="The development IdP's port.")
+@click.option(
+    "--target-user",
+    metavar="USER",
+    help="The Unix user the demo users may act as here (default: the one running this; "
+    "another needs root).",
+)
 @_DB_OPTION
 @_POLICY_ENGINE_OPTION
 def up_command(
-    data_dir: Path, port: int, idp_port: int, database: str | None, policy_engine: str | None
+    data_dir: Path,
+    port: int,
+    idp_port: int,
+    target_user: str | None,
+    database: str | None,
+    policy_engine: str | None,
 ) -> None:
     """Start the embedded default: the service, a development IdP, SQLite, generated TLS."""
     try:
-        run_up(data_dir, port, idp_port, database, policy_engine)
+        run_up(data_dir, port, idp_port, database, policy_engine, target_user)
     except MrzapError as error:
         click.echo(f"mrzapd: {error.message}", err=True)
         sys.exit(1)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from ._access_request_store import AccessRequest, AccessRequestState, AccessRequestStore
 from ._access_requests import AccessRequests
-from ._audit_events import change_event
+from ._audit_events import change_event, policy_change_event
 from ._authorize import AuthorizationInterceptor, principal_of
 from ._decider import PolicyDecider
 from ._engine import PolicyEngine, engine_from_spec
@@ -77,5 +77,6 @@ __all__ = [
     "Verb",
     "change_event",
     "engine_from_spec",
+    "policy_change_event",
     "principal_of",
 ]

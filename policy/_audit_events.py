@@ -13,9 +13,9 @@ from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from bastion.mrzap.v1 import mrzap_pb2
 
 from ._convert import decision_input_message, reason_messages
-from ._model import ApiCall, Decision, Effect, Principal, Reason, TargetAccess
+from ._model import ApiCall, Decision, Effect, Policy, Principal, Reason, TargetAccess
 
-__all__ = ["actor", "api_call_event", "change_event", "decision_event"]
+__all__ = ["actor", "api_call_event", "change_event", "decision_event", "policy_change_event"]
 
 
 def actor(principal: Principal | None, address: str = "") -> audit_pb.Actor:
@@ -83,7 +83,7 @@ def decision_event(
 
 def change_event(
     method: str,
-    principal: Principal,
+    principal: Principal | None,
     address: str,
     message: str,
     *,
@@ -105,4 +105,18 @@ def change_event(
         reasons=reason_messages([reason]),
         actor=actor(principal, address),
         api_call=audit_pb.ApiCallDetails(method=method),
+    )
+
+
+def policy_change_event(
+    method: str, principal: Principal | None, address: str, what: str, policy: Policy
+) -> audit_pb.AuditEvent:
+    """`policy` was `what` ("created", "updated", "deleted") by `principal` (None: the service)."""
+    return change_event(
+        method,
+        principal,
+        address,
+        f"{what} {policy.kind.value} policy {policy.name!r} ({policy.id}) version {policy.version}",
+        policy_id=policy.id,
+        policy_name=policy.name,
     )

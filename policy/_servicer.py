@@ -29,7 +29,7 @@ from mrzap.timestamps import from_timestamp, to_timestamp
 
 from ._access_request_store import AccessRequestState
 from ._access_requests import AccessRequests
-from ._audit_events import change_event, decision_event
+from ._audit_events import decision_event, policy_change_event
 from ._authorize import Decider, principal_of, user_principal
 from ._compile import custom_package
 from ._convert import (
@@ -307,14 +307,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         # In the change's transaction: the log never shows a change that was rolled back. The
         # store bumps the policy revision in it too, so other processes' deciders reload.
         await self._audit.record(
-            change_event(
+            policy_change_event(
                 _SERVICE + method,
                 principal_of(current_caller()),
                 context.peer() or "",
-                f"{what} {policy.kind.value} policy {policy.name!r} ({policy.id}) "
-                f"version {policy.version}",
-                policy_id=policy.id,
-                policy_name=policy.name,
+                what,
+                policy,
             ),
             session=s,
         )

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-__all__ = ["LOGIN", "create_login_account", "login_directory", "remove_login_account"]
+__all__ = ["LOGIN", "create_login_account", "remove_login_account"]
 
 _AS_ROOT = os.geteuid() == 0
 
@@ -42,15 +37,3 @@ def remove_login_account() -> None:
     """Remove `LOGIN` and its home again, if this run created it."""
     if _AS_ROOT:
         subprocess.run(["userdel", "--remove", LOGIN], check=False, capture_output=True)
-
-
-@contextmanager
-def login_directory() -> Iterator[Path]:
-    """A fresh directory `LOGIN` may write in (pytest's own are root's alone), removed after."""
-    path = Path(tempfile.mkdtemp(prefix="mrzap-login-"))
-    try:
-        if _AS_ROOT:
-            os.chown(path, pwd.getpwnam(LOGIN).pw_uid, -1)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

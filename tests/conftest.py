@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from mrzap.storage import sqlite_url
-from tests.accounts import create_login_account, login_directory, remove_login_account
+from tests.accounts import create_login_account, remove_login_account
 
 #: The PostgreSQL server the storage tests use; `tools/system-deps.sh` starts it and makes the role.
 POSTGRES_URL = os.environ.get(
@@ -35,13 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     remove_login_account()
-
-
-@pytest.fixture
-def login_tmp_path() -> Iterator[Path]:
-    """Like tmp_path, but one the account the tests log in to may write in."""
-    with login_directory() as path:
-        yield path
 
 
 def missing_system_part(reason: str) -> NoReturn:

@@ -344,8 +344,9 @@ async def test_a_shell_outlives_its_client_and_replays_on_reattach(setup: Setup)
     assert exit_.code == 4
 
 
-@pytest.mark.asyncio
-async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup) -> None:
+async def left_shell(setup: Setup) -> tuple[PtyShell, str, list[tuple[str, str]]]:
+    """A shell its client left (it runs on, detached), its connection id, and the list of
+    (target id, connection id) the broker hears in ConnectionEnded from now on."""
     ended: list[tuple[str, str]] = []
 
     async def heard(target_id: str, connection_id: str) -> None:
@@ -360,6 +361,12 @@ async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup
     assert isinstance(shell_session, PtyShell)
     client.call.cancel()
     await eventually(lambda: not shell_session.attached)
+    return shell_session, connection_id, ended
+
+
+@pytest.mark.asyncio
+async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup) -> None:
+    shell_session, connection_id, ended = await left_shell(setup)
     os.kill(shell_session.pid, signal.SIGKILL)  # it ends with no channel to carry the news
     await eventually(lambda: ended == [(setup.target_id, connection_id)])
 
@@ -368,20 +375,7 @@ async def test_a_detached_shell_that_ends_is_reported_to_the_broker(setup: Setup
 async def test_a_shell_that_ends_while_the_agent_is_offline_is_reported_when_it_is_back(
     setup: Setup,
 ) -> None:
-    ended: list[tuple[str, str]] = []
-
-    async def heard(target_id: str, connection_id: str) -> None:
-        ended.append((target_id, connection_id))
-
-    setup.harness.role.servicer.on_connection_ended = heard
-    shell = mrzap_pb2.ShellOpen(target_user=ME, term="xterm", cols=80, rows=24)
-    client, connection_id = await connect_with_result(setup, mrzap_pb2.VERB_SHELL, shell)
-    running = setup.sessions.get(connection_id)
-    assert running is not None
-    shell_session = running.session
-    assert isinstance(shell_session, PtyShell)
-    client.call.cancel()
-    await eventually(lambda: not shell_session.attached)
+    shell_session, connection_id, ended = await left_shell(setup)
     stream = setup.harness.role.agents.get(setup.target_id)
     assert stream is not None
     back_later = pb_agent_close("back in a second", retry_after_s=1.0)

@@ -62,14 +62,16 @@ def users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Users]:
         yield Users(site.org, site.homes["bob"], site.target_id)
 
 
-async def start_command(
-    stub: pb_grpc.BrokerServiceAsyncStub, home: Path, target_id: str, command: str
-) -> tuple[Any, str]:
-    """A running command whose SYN the agent accepted; (the Channel call, connection id)."""
-    call, connection_id, _ = await start(
-        stub, home, target_id, mrzap_pb2.Exec(target_user=ME, command=command)
+async def long_command(
+    stub: pb_grpc.BrokerServiceAsyncStub, home: Path, target_id: str
+) -> tuple[Any, str, int]:
+    """`sleep 300` running on the target; (the Channel call, connection id, its pid)."""
+    call, connection_id, pid = await start(
+        stub, home, target_id, mrzap_pb2.Exec(target_user=ME, command="exec sleep 300")
     )
-    return call, connection_id
+    # The pid is the agent's word: see that it names the command before trusting it gone.
+    assert await asyncio.to_thread(runs_sleep_300, pid), f"process {pid} is not `sleep 300`"
+    return call, connection_id, pid
 
 
 async def start(
@@ -119,14 +121,14 @@ async def listed_state(users: Users, home: Path, connection_id: str, state: str)
         await asyncio.sleep(0.2)
 
 
-def pid_in(path: Path) -> int:
-    """The pid the command wrote, once it has."""
+def runs_sleep_300(pid: int) -> bool:
+    """Whether process `pid` runs `sleep 300` (once its shell has exec'd it: a bounded wait)."""
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            return int(path.read_text().strip())
+        if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x00300\x00":
+            return True
         time.sleep(0.05)
-    raise AssertionError(f"the command never wrote {path}")
+    return False
 
 
 def gone(pid: int) -> bool:
@@ -141,17 +143,10 @@ def gone(pid: int) -> bool:
     return False
 
 
-def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(
-    users: Users, login_tmp_path: Path
-) -> None:
-    pid_file = login_tmp_path / "pid"
-
+def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(users: Users) -> None:
     async def scenario() -> None:
         async with broker(users.org.cluster) as stub:
-            call, connection_id = await start_command(
-                stub, users.bob, users.target_id, f"echo $$ > {pid_file}; exec sleep 300"
-            )
-            pid = await asyncio.to_thread(pid_in, pid_file)
+            call, connection_id, pid = await long_command(stub, users.bob, users.target_id)
             code, listed = await zli_as(users, users.bob, "connections", "list")
             assert code == 0, listed
             assert connection_id in listed
@@ -182,17 +177,10 @@ def test_zli_lists_and_closes_a_running_command_which_ends_on_the_target(
     asyncio.run(scenario())
 
 
-def test_a_user_cannot_see_close_or_reattach_to_anothers_connection(
-    users: Users, login_tmp_path: Path
-) -> None:
-    pid_file = login_tmp_path / "pid"
-
+def test_a_user_cannot_see_close_or_reattach_to_anothers_connection(users: Users) -> None:
     async def scenario() -> None:
         async with broker(users.org.cluster) as stub:
-            call, connection_id = await start_command(
-                stub, users.alice, users.target_id, f"echo $$ > {pid_file}; exec sleep 300"
-            )
-            pid = await asyncio.to_thread(pid_in, pid_file)
+            call, connection_id, pid = await long_command(stub, users.alice, users.target_id)
 
             code, listed = await zli_as(users, users.bob, "connections", "list")
             assert code == 0, listed

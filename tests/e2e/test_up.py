@@ -18,6 +18,7 @@ import pyotp
 import pytest
 
 from mrzap.process import ChildProcess
+from tests.accounts import LOGIN
 
 from .conftest import BIN, Cluster, free_port
 from .test_login import SECRET, browser_login
@@ -163,5 +164,31 @@ def test_up_serves_its_banner_commands_and_stops_everything_on_ctrl_c(tmp_path: 
         [demo] = [p for p in json.loads(listing.output) if p["name"] == "mrzapd-up-demo"]
         assert int(demo["version"]) == 1, demo
         stop_and_check_children(up, signal.SIGTERM)  # what a service manager does
+
+        if me == LOGIN:
+            return  # without root there is no other user to offer
+        # Started as root for another user, the demo offers that one instead.
+        target_user = ["--target-user", LOGIN]
+        up = ChildProcess(
+            [str(BIN / "mrzapd"), "up", "--data-dir", str(data), *ports, *target_user]
+        )
+        assert banner_command(up, "exec") == ["exec", f"{LOGIN}@{agent_name}", "--", "uname", "-a"]
+        local_targets(cluster, home, agent_name, "TARGET_STATE_ONLINE")
+        run = cluster.zli(home, "exec", f"{LOGIN}@{agent_name}", "--", "id", "-un")
+        assert run.wait(30) == 0, run.output
+        assert run.output.strip() == LOGIN
+        denied = cluster.zli(home, "exec", f"{me}@{agent_name}", "--", "true")
+        assert denied.wait(30) == 4, denied.output
+        stop_and_check_children(up, signal.SIGTERM)
     finally:
         up.stop()
+
+
+def test_up_refuses_a_target_user_it_cannot_offer(tmp_path: Path) -> None:
+    data = tmp_path / "mrzap-data"
+    up = ChildProcess(
+        [str(BIN / "mrzapd"), "up", "--data-dir", str(data), "--target-user", "no-such-user-here"]
+    )
+    assert up.wait(30) == 1, up.output
+    assert "--target-user: there is no Unix user 'no-such-user-here' here" in up.output
+    assert not data.exists()  # refused before anything was written

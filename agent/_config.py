@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import fcntl
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrzap.config import IdpConfig
-from mrzap.errors import InvalidArgument, MrzapError
+from mrzap.errors import FailedPrecondition, InvalidArgument, MrzapError
 from mrzap.keys import load_private_key, save_private_key, write_secret_file
 
 __all__ = [
@@ -126,6 +129,27 @@ class AgentFiles:
     def registered(self) -> bool:
         """Whether a registration is stored here."""
         return self.config.exists()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the directory for one running agent; FailedPrecondition if another holds it.
+
+        Two agents on one registration would take each other's place on the service, and the
+        second would end the first's commands as leftovers (`_leftovers`). The hold is a lock on
+        `agent.lock`, which goes with the process however it ends: a killed agent never keeps
+        the next one out.
+        """
+        fd = os.open(self.directory / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FailedPrecondition(
+                    f"another mrzap-agent is running with {self.directory}"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def save(self, config: AgentConfig, key: Ed25519PrivateKey) -> None:
         """Store a registration: key, CA and configuration, each 0600, in a 0700 directory."""

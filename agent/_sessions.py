@@ -11,6 +11,9 @@
   for one user never reaches another user's shell;
 - `exec` runs a command with pipes.
 
+While a command runs it is listed in the `CommandLedger`, so that the next agent process can end
+it should this one be killed outright (`_leftovers`).
+
 The channel layer (frames, flow control) reads and writes through the returned session object
 and calls `close` when its channel ends for good. `end_invalid` ends every connection whose
 grant was revoked or whose `session_expires_at` passed.
@@ -28,6 +31,7 @@ from mrzap.handshake import VerifiedSyn
 from mrzap.verification import Reason, VerificationError
 
 from ._exec import ExecProcess
+from ._leftovers import CommandLedger
 from ._pty import DEFAULT_REPLAY_BYTES, PtyShell, ShellOutput
 from ._shell_process import TargetUser
 
@@ -69,8 +73,11 @@ class Started:
 class Sessions:
     """Every connection running on this agent, by connection id."""
 
-    def __init__(self, *, replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
+    def __init__(
+        self, *, replay_bytes: int = DEFAULT_REPLAY_BYTES, ledger: CommandLedger | None = None
+    ) -> None:
         self._replay_bytes = replay_bytes
+        self._ledger = ledger
         self._connections: dict[str, Connection] = {}
         self.on_detached_end: Callable[[str], None] | None = None
         """Called with the id of a shell that ended by itself while no client was attached."""
@@ -172,6 +179,8 @@ class Sessions:
                 Reason.MALFORMED, "the channel id is already a running connection's id"
             )
         self._connections[connection_id] = Connection(connection_id, session, verified)
+        if self._ledger is not None and isinstance(session, ExecProcess):
+            self._ledger.add(session.pid)
         waiter: asyncio.Task[object] = asyncio.ensure_future(session.wait())
         self._keep(waiter)
         waiter.add_done_callback(lambda _: self._forget(connection_id, session))
@@ -182,6 +191,8 @@ class Sessions:
         task.add_done_callback(self._tasks.discard)
 
     def _forget(self, connection_id: str, session: Session) -> None:
+        if self._ledger is not None and isinstance(session, ExecProcess):
+            self._ledger.remove(session.pid)
         connection = self._connections.get(connection_id)
         ended_by_itself = connection is not None and connection.session is session
         if ended_by_itself:

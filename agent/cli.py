@@ -30,6 +30,7 @@ from ._backoff import Backoff
 from ._channels import AgentChannels
 from ._config import AgentConfig, AgentFiles, default_config_dir
 from ._control import AgentStopped, ControlLoop
+from ._leftovers import LEDGER_FILE, CommandLedger, end_leftovers
 from ._local_policy import LOCAL_POLICY_FILE, LocalPolicy
 from ._recording_tap import Recorder
 from ._register import RegistrationRequest, register
@@ -180,7 +181,8 @@ def run_command(
         config, key = files.load()
         local = LocalPolicy.from_file(files.directory / LOCAL_POLICY_FILE)
         backoff = Backoff(base_s=reconnect_base, cap_s=max(reconnect_cap, reconnect_base))
-        asyncio.run(_run(config, key, local, backoff))
+        with files.held():
+            asyncio.run(_run(config, key, local, backoff, files.directory / LEDGER_FILE))
     except AgentStopped as error:
         _fail(error)
     except InvalidArgument as error:
@@ -193,11 +195,17 @@ def run_command(
 
 
 async def _run(
-    config: AgentConfig, key: Ed25519PrivateKey, local: LocalPolicy, backoff: Backoff
+    config: AgentConfig,
+    key: Ed25519PrivateKey,
+    local: LocalPolicy,
+    backoff: Backoff,
+    ledger_path: Path,
 ) -> None:
+    # Before serving: the broker hears AgentStarted and closes the old process's connections.
+    await end_leftovers(ledger_path)
     # The SYN handler and the running connections outlive control streams: a shell survives a
     # reconnection, and the replay cache and revocations must not be forgotten by one.
-    sessions = Sessions()
+    sessions = Sessions(ledger=CommandLedger(ledger_path))
     channels = AgentChannels(SynHandler(config, key, local), sessions, recorder=Recorder(key))
     loop = ControlLoop(config, key, backoff=backoff, channels=channels)
     stop = asyncio.Event()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from agent import AgentConfig, AgentFiles, GrantKeyPin
 from mrzap import keys
 from mrzap.config import IdpConfig
-from mrzap.errors import InvalidArgument, PermissionDenied
+from mrzap.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 CONFIG = AgentConfig(
     server="mrzap.example.com:8443",
@@ -71,3 +73,34 @@ def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     files.key.chmod(0o644)
     with pytest.raises(PermissionDenied, match="chmod 600"):
         files.load()
+
+
+def test_one_agent_at_a_time_holds_the_directory(tmp_path: Path) -> None:
+    files = AgentFiles(tmp_path)
+    with files.held():
+        assert stat.S_IMODE((tmp_path / "agent.lock").stat().st_mode) == 0o600
+        refused = pytest.raises(FailedPrecondition, match="another mrzap-agent is running with")
+        with refused, files.held():
+            pass
+    with files.held():  # given up with the first
+        pass
+
+
+def test_a_killed_agent_does_not_keep_the_next_one_out(tmp_path: Path) -> None:
+    holding = (
+        "import sys, time; from pathlib import Path; from agent import AgentFiles\n"
+        "with AgentFiles(Path(sys.argv[1])).held():\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", holding, str(tmp_path)], stdout=subprocess.PIPE
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"held\n"
+            with pytest.raises(FailedPrecondition), AgentFiles(tmp_path).held():
+                pass
+        finally:
+            holder.kill()
+    with AgentFiles(tmp_path).held():
+        pass

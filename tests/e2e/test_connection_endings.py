@@ -6,16 +6,19 @@ Real IdP, `mrzapd serve` and `mrzap-agent run`; alice leaves recorded shells run
   closes the connection's record, which no channel could do.
 - The agent is killed (SIGKILL: no goodbye, no final chunk) and started again: its AgentStarted
   makes the broker close the connections of the old process (they can no longer be re-attached)
-  and mark their recordings incomplete, while what was recorded before still verifies.
+  and mark their recordings incomplete, while what was recorded before still verifies; and the
+  new process ends the command the old one left running, which nothing else would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +26,24 @@ from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from mrzap import keys
 from mrzap.recording import verify_recording
 
-from .targets import Site, online_site
+from .targets import ME, Site, online_site
 from .test_agents import ONLINE_LINE, run_agent
 from .test_recording_server import POLICY, completed, detached_shell
 
 TIMEOUT_S = 15.0
+#: The duration of the command left running: a number no other test sleeps for.
+_MARK_S = 987
+
+
+def marked_commands() -> set[int]:
+    """The processes running `sleep _MARK_S`."""
+    wanted = f"sleep\0{_MARK_S}\0".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == wanted:
+                found.add(int(entry.name))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +78,29 @@ def test_an_agent_restart_closes_its_connections_and_ends_their_recordings(site:
     script = "echo before-restart-$((1+1)); sleep 600\n"
     connection_id = asyncio.run(detached_shell(org, site.target_id, script))
     assert connection_id in org.zli("connections", "list")
+    command = org.cluster.zli(org.admin, "exec", f"{ME}@endings-1", "--", f"exec sleep {_MARK_S}")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (left_running := marked_commands()):
+        assert time.monotonic() < deadline, command.output
+        time.sleep(0.1)
 
     os.kill(site.agent.process.pid, signal.SIGKILL)
     site.agent.wait()
+    time.sleep(0.5)  # nothing ends it meanwhile: its pipes closed, but it never writes
+    assert marked_commands() == left_running
     agent = run_agent(site.root / "endings-1")
     try:
         agent.wait_for(ONLINE_LINE, timeout_s=30)
         recording, chunks = asyncio.run(completed(org, connection_id))
         events = closed_because(site, connection_id)
+        assert command.wait(TIMEOUT_S) != 0, command.output  # its channel ended with the agent
     finally:
         agent.stop()
+        command.stop()
         print(agent.output)  # shown when the test failed
+
+    assert not marked_commands()  # ended before the new agent came online
+    assert "ended 1 process(es) the previous agent process left running" in agent.output
 
     assert recording.state == audit_pb.RECORDING_STATE_INCOMPLETE
     public_key = keys.public_key_from_bytes(recording.agent_public_key)

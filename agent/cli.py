@@ -54,6 +54,10 @@ _EXIT_CODES: tuple[tuple[type[MrzapError], int], ...] = (
 )
 
 
+#: The signals a terminal and job control send; see `_run`.
+_TERMINAL_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
 def _fail(error: MrzapError) -> NoReturn:
     click.echo(f"mrzap-agent: {error.message}", err=True)
     for kind, code in _EXIT_CODES:
@@ -212,10 +216,17 @@ async def _run(
     running = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(signum, stop.set)
+    # A signal ignored when the agent started (under nohup, as a script's background job) stays
+    # ignored through exec in every shell and command it starts: a hung-up shell's jobs would
+    # live on, Ctrl-C would interrupt nothing. A handler does not pass through exec: the agent
+    # still ignores them, and what it starts begins with the defaults, as in an SSH session.
+    ignored = [s for s in _TERMINAL_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
+    for signum in ignored:
+        running.add_signal_handler(signum, lambda: None)
     try:
         await loop.run(stop)
     finally:
         await sessions.close_all()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, *ignored):
             with contextlib.suppress(ValueError):
                 running.remove_signal_handler(signum)

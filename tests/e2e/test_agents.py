@@ -14,7 +14,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -138,9 +138,12 @@ def register(org: Org, config_dir: Path, *args: str) -> Done:
     return Done(process.wait(30), process.output)
 
 
-def run_agent(config_dir: Path) -> ChildProcess:
+def run_agent(config_dir: Path, *, wrapper: Sequence[str] = ()) -> ChildProcess:
+    """`mrzap-agent run` on `config_dir`, started through `wrapper` (a command that execs its
+    arguments) if given."""
     return ChildProcess(
         [
+            *wrapper,
             str(BIN / "mrzap-agent"),
             "run",
             "--config-dir",

@@ -4,6 +4,7 @@ Real IdP, `mrzapd serve` and `mrzap-agent run`; alice leaves recorded shells run
 
 - A detached shell that exits by itself: the agent says so (ConnectionEnded) and the broker
   closes the connection's record, which no channel could do.
+- An agent started ignoring signals starts shells and commands that do not ignore them.
 - The agent is killed (SIGKILL: no goodbye, no final chunk) and started again: its AgentStarted
   makes the broker close the connections of the old process (they can no longer be re-attached)
   and mark their recordings incomplete, while what was recorded before still verifies; and the
@@ -17,6 +18,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +33,8 @@ from .test_agents import ONLINE_LINE, run_agent
 from .test_recording_server import POLICY, completed, detached_shell
 
 TIMEOUT_S = 15.0
-#: The duration of the command left running: a number no other test sleeps for.
-_MARK_S = 987
+#: The duration of the command left running: a number no other run of any test sleeps for.
+_MARK_S = f"987.{uuid.uuid4().int % 10**6:06d}"
 
 
 def marked_commands() -> set[int]:
@@ -73,7 +75,7 @@ def test_a_detached_shell_that_exits_is_closed(site: Site) -> None:
 
 
 def test_an_agent_restart_closes_its_connections_and_ends_their_recordings(site: Site) -> None:
-    """Last in the module: it replaces the site's agent with a new process."""
+    """It replaces the site's agent with a new process and stops it: later tests start one."""
     org = site.org
     script = "echo before-restart-$((1+1)); sleep 600\n"
     connection_id = asyncio.run(detached_shell(org, site.target_id, script))
@@ -107,3 +109,24 @@ def test_an_agent_restart_closes_its_connections_and_ends_their_recordings(site:
     verified = verify_recording(chunks, public_key, require_complete=False)
     assert "before-restart-2" in "".join(e.data for e in verified.events if e.code == "o")
     assert "the agent restarted" in events
+
+
+def test_what_an_agent_starts_does_not_inherit_the_signals_it_was_started_ignoring(
+    site: Site,
+) -> None:
+    """As under nohup or as a script's background job: the agent is started with SIGHUP, SIGINT
+    and SIGQUIT ignored, yet what it runs sees them at their defaults, as in an SSH session."""
+    ignoring = ["sh", "-c", "trap '' HUP INT QUIT; exec \"$@\"", "sh"]
+    site.agent.stop()  # one agent at a time on a configuration directory (if still running)
+    agent = run_agent(site.root / "endings-1", wrapper=ignoring)
+    try:
+        agent.wait_for(ONLINE_LINE, timeout_s=30)
+        status = site.org.zli(
+            "exec", f"{ME}@endings-1", "--", "grep", "SigIgn", "/proc/self/status"
+        )
+    finally:
+        agent.stop()
+        print(agent.output)  # shown when the test failed
+    ignored = int(status.split()[1], 16)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        assert not ignored & (1 << (signum - 1)), f"{signum.name} ignored: {status}"

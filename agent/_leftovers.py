@@ -10,9 +10,10 @@ configuration directory (mode 0600): the boot it runs in and the leader's pid an
 The next agent process, before it serves anything, ends every process still in a listed group
 as `ExecProcess.close` would have: SIGTERM, then SIGKILL after a grace period.
 
-Pids are reused, so a process counts only if it runs in the same boot (the kernel's boot id), in
-the group the leader created, and started no earlier than the leader did; it is signalled
-through a pidfd opened before that check, so a pid reused meanwhile is never signalled.
+Pids are reused, so a group counts only if the ledger is of this boot (the kernel's boot id) and
+the group's leader still runs with the start time listed (then no other group can have its id);
+each process is signalled through a pidfd opened before it is checked, so a pid reused meanwhile
+is never signalled. A group whose leader has exited is left alone, as it is under a live agent.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,7 +40,10 @@ _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def _boot_id() -> str:
-    return _BOOT_ID.read_text().strip()
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""  # no procfs entry for it: the start-time checks still hold
 
 
 class _Process(NamedTuple):
@@ -107,25 +111,43 @@ def _listed(path: Path) -> dict[int, int]:
         return {}
 
 
+def _open(pid: int, wanted: Callable[[int, _Process], bool]) -> int | None:
+    """A pidfd for process `pid` if it runs and is `wanted`. A pidfd names one process for good:
+    read after opening it, /proc describes that process, and no later process reusing the pid
+    is ever signalled through it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None  # gone
+    process = _process(pid)
+    if process is not None and wanted(pid, process):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _open_members(groups: dict[int, int]) -> dict[int, int]:
-    """pid -> pidfd of every process in one of `groups` that started no earlier than its
-    leader. A pidfd names one process for good, so a pid reused meanwhile is never signalled."""
+    """pid -> pidfd of every process in one of `groups` whose leader still runs.
+
+    A group whose leader has exited is left alone, as `Sessions` leaves it when the leader
+    exits under a live agent; and while the leader runs, no other group can have its id.
+    """
+
+    def listed_leader(pid: int, process: _Process) -> bool:
+        return process.group == pid and groups.get(pid) == process.started
+
+    live = set()
+    for leader in groups:
+        fd = _open(leader, listed_leader)
+        if fd is not None:
+            live.add(leader)
+            os.close(fd)
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue  # gone already
-        # Read after opening: if this is still the process the pidfd names, it is the one read.
-        process = _process(pid)
-        leader_started = groups.get(process.group) if process is not None else None
-        if process is None or leader_started is None or process.started < leader_started:
-            os.close(fd)
-        else:
-            found[pid] = fd
+        if entry.name.isdigit():
+            fd = _open(int(entry.name), lambda _, process: process.group in live)
+            if fd is not None:
+                found[int(entry.name)] = fd
     return found
 
 

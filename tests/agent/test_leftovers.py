@@ -5,8 +5,10 @@ Real processes stand in for the commands: each leads its own process group, as t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -27,13 +29,15 @@ def commands() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
-def start(commands: list[subprocess.Popen[bytes]], script: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+def start(
+    commands: list[subprocess.Popen[bytes]], script: str, stdin: int | None = None
+) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=stdin)
     commands.append(process)
     return process
 
@@ -110,12 +114,29 @@ async def test_a_command_that_ended_normally_is_not_listed(
     assert command.poll() is None
 
 
+@pytest.mark.asyncio
+async def test_a_group_whose_leader_exited_is_left_alone(
+    tmp_path: Path, commands: list[subprocess.Popen[bytes]]
+) -> None:
+    """As under a live agent, which forgets a command once its leader exits; and the group's
+    id could belong to another group by then."""
+    ledger_path = tmp_path / "ledger.json"
+    command = start(commands, "sleep 300 & read line", stdin=subprocess.PIPE)
+    eventually_has(command.pid, 2)
+    CommandLedger(ledger_path).add(command.pid)
+    assert command.stdin is not None
+    command.stdin.close()  # the leader reads end of file and exits; its `sleep` runs on
+    assert exited(command)
+    assert await end_leftovers(ledger_path) == 0
+    eventually_has(command.pid, 1)
+
+
 def from_another_boot(ledger: dict[str, Any]) -> str:
     return json.dumps({**ledger, "boot_id": "00000000-0000-0000-0000-000000000000"})
 
 
-def with_a_later_leader(ledger: dict[str, Any]) -> str:
-    """As if the listed command had ended and its pid had gone to an older process's group."""
+def with_another_start_time(ledger: dict[str, Any]) -> str:
+    """As if the listed command had ended and its pid had gone to another process."""
     groups = [[pid, started + 1] for pid, started in ledger["groups"]]
     return json.dumps({**ledger, "groups": groups})
 
@@ -124,7 +145,7 @@ def cut_short(ledger: dict[str, Any]) -> str:
     return json.dumps(ledger)[:12]
 
 
-@pytest.mark.parametrize("rewrite", [from_another_boot, with_a_later_leader, cut_short])
+@pytest.mark.parametrize("rewrite", [from_another_boot, with_another_start_time, cut_short])
 @pytest.mark.asyncio
 async def test_a_ledger_that_does_not_name_the_process_ends_nothing(
     tmp_path: Path,

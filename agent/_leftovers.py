@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from mrzap.keys import write_secret_file
+
 __all__ = ["LEDGER_FILE", "CommandLedger", "end_leftovers"]
 
 _log = logging.getLogger("mrzap.agent.leftovers")
@@ -86,12 +88,8 @@ class CommandLedger:
         # Atomic, but not synced: what it guards against is the agent dying, not the machine
         # (after a reboot the boot id differs and nothing is left to end anyway).
         data = {"boot_id": self._boot_id, "groups": sorted(self._groups.items())}
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
-            os.replace(tmp, self._path)
+            write_secret_file(self._path, json.dumps(data).encode(), sync=False)
         except OSError as error:
             # Commands still run; only a crash would leave them behind unnoticed.
             _log.warning("cannot update the command ledger %s: %s", self._path, error)

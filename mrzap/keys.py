@@ -44,8 +44,11 @@ def public_key_from_bytes(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def write_secret_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable and writable by the owner only."""
+def write_secret_file(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write `data` to `path` atomically, readable and writable by the owner only.
+
+    `sync=False` skips the fsync, for state that only has to outlive the process, not the machine.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -54,8 +57,9 @@ def write_secret_file(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as out:
             fd = -1
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
     finally:
         if fd >= 0:
             os.close(fd)

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from mrzap.storage import sqlite_url
+from mrzap.testing import TestIdentityProvider
 from tests.accounts import create_login_account, remove_login_account
 
 #: The PostgreSQL server the storage tests use; `tools/system-deps.sh` starts it and makes the role.
@@ -35,6 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     remove_login_account()
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[TestIdentityProvider]:
+    """A test identity provider on loopback, one per test module."""
+    with TestIdentityProvider() as provider:
+        yield provider
 
 
 def missing_system_part(reason: str) -> NoReturn:

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,6 @@ from tests.broker.conftest import READ_TIMEOUT_S
 from tests.broker.harness import Harness, running_harness
 
 ME = LOGIN
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @dataclasses.dataclass

@@ -8,7 +8,6 @@ so removing any check makes its test fail.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,6 @@ from mrzap.verification import Reason, VerificationError
 TARGET = "target-1"
 SHELL_ALICE = mrzap_pb2.ShellOpen(target_user="alice", term="xterm", cols=80, rows=24)
 NOBODY_UID = 65534
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 class Agent:

@@ -3,21 +3,14 @@ with admin@example.com as its administrator."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from mrzap.testing import TestIdentityProvider
 from mrzapd._config import ServiceConfig
 from mrzapd._server import RunningServer, start_server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest_asyncio.fixture

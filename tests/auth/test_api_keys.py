@@ -6,7 +6,7 @@ The creators are real users who logged in with PK tokens signed by a test IdP on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pyotp
 import pytest
@@ -25,12 +25,6 @@ from mrzap.testing import FixedClock, TestIdentityProvider
 
 START = 1_900_000_000.0
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest_asyncio.fixture

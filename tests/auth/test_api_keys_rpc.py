@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TypeAlias
 
@@ -31,12 +31,6 @@ from mrzap.tls import ensure_server_tls
 
 _SERVICE = "/bastion.auth.v1.AuthService/"
 Stub: TypeAlias = "pb_grpc.AuthServiceAsyncStub"  # only the type stubs define it
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 async def serve(

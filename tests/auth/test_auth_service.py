@@ -6,7 +6,7 @@ is served over HTTP on loopback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pyotp
@@ -33,12 +33,6 @@ from mrzap.storage import Database
 from mrzap.testing import FixedClock, TestIdentityProvider
 
 START = 1_900_000_000.0
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 class Org:

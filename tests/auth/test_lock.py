@@ -6,7 +6,7 @@ keys (the `Org` helper of test_auth_service).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -27,12 +27,6 @@ from mrzap.storage import Database
 from mrzap.testing import TestIdentityProvider
 
 from .test_auth_service import Org
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest_asyncio.fixture

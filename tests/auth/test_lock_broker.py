@@ -9,7 +9,7 @@ OpenConnection.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import grpc.aio
@@ -56,12 +56,6 @@ class FakeRevocations:
         (user,) = [u for u, _ in users if u.subject == subjects[0].sub]
         self.revoked.append((list(subjects), reason, user.locked))
         return f"rev-{len(self.revoked)}"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest_asyncio.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,12 +41,6 @@ from mrzap.verification import Reason, VerificationError
 
 TARGET = "target-1"
 SHELL_ALICE = mrzap_pb2.ShellOpen(target_user="alice", term="xterm", cols=80, rows=24)
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 class World:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 import jwt
 import pytest
@@ -21,12 +20,6 @@ from mrzap.verification import Reason, VerificationError
 
 NOW = 1_800_000_000.0
 UPK = keys.public_key_bytes(keys.generate_signing_key())
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest.fixture

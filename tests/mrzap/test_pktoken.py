@@ -11,7 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Unpack
 
 import pytest
@@ -28,12 +28,6 @@ from mrzap.verification import Reason, VerificationError
 
 NOW = 1_800_000_000.0
 UPK = keys.public_key_bytes(keys.generate_signing_key())
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest.fixture

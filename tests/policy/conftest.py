@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
-import pytest
 import pytest_asyncio
 
 from bastion.policy.v1 import policy_service_pb2_grpc as pb_grpc
@@ -46,12 +45,6 @@ class Service:
         public_key = keys.public_key_bytes(keys.generate_signing_key())
         registered = await registry.register_agent(issued.token, AgentRegistration(public_key))
         return registered.target
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 def service_config(idp: TestIdentityProvider, data_dir: Path, **tables: object) -> ServiceConfig:

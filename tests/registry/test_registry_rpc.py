@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,6 @@ from mrzapd._server import RunningServer, start_server
 from registry import ACCESS as REGISTRY_ACCESS
 
 Metadata = tuple[tuple[str, str], ...]
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdentityProvider]:
-    with TestIdentityProvider() as provider:
-        yield provider
 
 
 @pytest_asyncio.fixture

@@ -165,6 +165,9 @@ class AgentServicer:
                         pb.CONTROL_CLOSE_REASON_SUPERSEDED,
                         "a newer control stream of this target replaced this one",
                     )
+                    # Now, not when the old stream's handler ends: an agent that reconnected
+                    # may have left a connection that cannot even take the ControlClose.
+                    self._relay.agent_gone(previous)
                 try:
                     await self._directory.agent_connected(
                         identity.target_id, self._config.broker_id, address

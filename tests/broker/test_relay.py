@@ -27,7 +27,7 @@ from mrzap import keys
 from mrzap.errors import NotFound
 
 from .conftest import READ_TIMEOUT_S, Agent, RawStream
-from .harness import Harness, running_harness
+from .harness import MAX_QUEUED, Harness, running_harness
 
 
 @pytest_asyncio.fixture
@@ -81,6 +81,20 @@ async def open_channel(harness: Harness, stream: RawStream, agent: Agent) -> tup
     assert got.channel_open.channel_id == opened.channel_id
     assert got.channel_open.syn == syn  # unchanged, byte for byte
     return call, opened.channel_id, syn
+
+
+async def answered_channel(
+    harness: Harness, stream: RawStream, agent: Agent
+) -> tuple[Any, str, bytes]:
+    """A Channel call that the agent answered with a SYN-ACK; (call, channel id, SYN bytes)."""
+    call, channel_id, syn = await open_channel(harness, stream, agent)
+    await stream.send(
+        agent_pb.ControlRequest(
+            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
+        )
+    )
+    await next_response(call)
+    return call, channel_id, syn
 
 
 @pytest.mark.asyncio
@@ -206,13 +220,7 @@ async def test_an_offline_target_is_unavailable(harness: Harness) -> None:
 @pytest.mark.asyncio
 async def test_losing_the_agent_ends_the_channel_unavailable(harness: Harness) -> None:
     agent, stream = await harness.online()
-    call, channel_id, _ = await open_channel(harness, stream, agent)
-    await stream.send(
-        agent_pb.ControlRequest(
-            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
-        )
-    )
-    await next_response(call)
+    call, _, _ = await answered_channel(harness, stream, agent)
     stream.call.cancel()
     assert (await status(call))[0] is grpc.StatusCode.UNAVAILABLE
 
@@ -292,14 +300,47 @@ def test_a_channel_id_expires_with_its_grants_start_by() -> None:
 @pytest.mark.asyncio
 async def test_a_second_open_ends_the_channel_for_both_sides(harness: Harness) -> None:
     agent, stream = await harness.online()
-    call, channel_id, syn = await open_channel(harness, stream, agent)
-    await stream.send(
-        agent_pb.ControlRequest(
-            channel_answer=agent_pb.ChannelAnswer(channel_id=channel_id, syn_ack=b"synack")
-        )
-    )
-    await next_response(call)
+    call, channel_id, syn = await answered_channel(harness, stream, agent)
     await call.write(pb.ChannelRequest(open=pb.ChannelOpen(channel_id=channel_id, syn=syn)))
     close = await read_until(stream, "channel_close")
     assert close.channel_close.channel_id == channel_id
     assert (await status(call))[0] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.asyncio
+async def test_a_superseded_stream_ends_its_channels_even_if_it_cannot_be_written(
+    harness: Harness,
+) -> None:
+    """An agent that reconnects over a new connection (a NAT rebinding, say) may leave its old
+    connection unwritable: the broker cannot even send that stream its ControlClose. The old
+    stream's channels must still end at once, not when TCP finally gives up."""
+    agent = harness.register()
+    client_credentials = grpc.ssl_channel_credentials(harness.tls.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{harness.port}", client_credentials
+    ) as old_connection:
+        older = RawStream(old_connection)
+        await older.authenticate(agent)
+        idle, _, _ = await answered_channel(harness, older, agent)  # like `zli exec -- sleep 300`
+        busy, _, _ = await answered_channel(harness, older, agent)
+
+        # The old stream reads no more: once HTTP/2 flow control stops the broker writing to
+        # it, the busy client's frames queue up at the broker until the relay stops reading.
+        async def flood() -> None:
+            for seq in range(10_000):
+                await busy.write(pb.ChannelRequest(channel_frame=frame(seq, b"x" * 16_384)))
+
+        writer = asyncio.get_running_loop().create_task(flood())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT_S
+        while max(channel.queued_to_agent for channel in harness.role.relay) < MAX_QUEUED:
+            assert loop.time() < deadline, "the old stream's writes never backed up"
+            await asyncio.sleep(0.05)
+
+        newer = RawStream(harness.channel)
+        await newer.authenticate(agent)
+        assert await asyncio.wait_for(idle.code(), READ_TIMEOUT_S) is grpc.StatusCode.UNAVAILABLE
+        assert "lost the target's agent" in await idle.details()
+        # The busy client's write in flight makes grpcio end its call with INTERNAL.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await asyncio.wait_for(writer, READ_TIMEOUT_S)

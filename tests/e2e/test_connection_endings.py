@@ -95,6 +95,7 @@ def test_an_agent_restart_closes_its_connections_and_ends_their_recordings(site:
         agent.wait_for(ONLINE_LINE, timeout_s=30)
         recording, chunks = asyncio.run(completed(org, connection_id))
         events = closed_because(site, connection_id)
+        assert command.wait(TIMEOUT_S) != 0, command.output  # its channel ended with the agent
     finally:
         agent.stop()
         command.stop()

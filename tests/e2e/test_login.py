@@ -54,11 +54,17 @@ def browser_login(
 
 def enrol(cluster: Cluster, home: Path, user: str) -> str:
     """A first login with MFA enrolment; returns the TOTP secret."""
+    return enrol_with_code(cluster, home, user)[0]
+
+
+def enrol_with_code(cluster: Cluster, home: Path, user: str) -> tuple[str, str]:
+    """A first login with MFA enrolment; returns the TOTP secret and the code it used."""
     zli = browser_login(cluster, home, user)
     secret = zli.wait_for(SECRET).group(1)
-    zli.write(pyotp.TOTP(secret).now() + "\n")
+    code = pyotp.TOTP(secret).now()
+    zli.write(code + "\n")
     assert zli.wait() == 0, zli.output
-    return secret
+    return secret, code
 
 
 @pytest.fixture
@@ -84,9 +90,10 @@ def test_first_login_enrols_mfa_and_whoami_shows_the_user(cluster: Cluster, home
 
 
 def test_next_login_asks_for_a_code_and_refuses_a_reused_one(cluster: Cluster, home: Path) -> None:
-    secret = enrol(cluster, home, "carol")
+    secret, used = enrol_with_code(cluster, home, "carol")
     zli = browser_login(cluster, home, "carol")
-    zli.write(pyotp.TOTP(secret).now() + "\n")  # the code just used to enrol
+    # Not TOTP.now() again: past a 30 s step since the enrolment, that is another code.
+    zli.write(used + "\n")
     zli.wait_for("wrong or was used already; try again")
     zli.write(pyotp.TOTP(secret).at(time.time() + 30) + "\n")  # the next one is still in the window
     assert zli.wait() == 0, zli.output

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -88,9 +89,18 @@ def zli(org: Org, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def spawn(org: Org, home: Path, *args: str) -> pexpect.spawn:
-    """zli on a fresh 24x80 pseudo-terminal."""
+    """zli on a fresh 24x80 pseudo-terminal, with Ctrl-C at its default as from a login shell.
+
+    A suite started as a background job ignores SIGINT, and so would zli: a program keeps a
+    SIGINT ignored when it starts (as background jobs are meant to).
+    """
     return pexpect.spawn(
-        str(BIN / "zli"), list(args), env=_env(org, home), dimensions=(24, 80), timeout=TIMEOUT_S
+        str(BIN / "zli"),
+        list(args),
+        env=_env(org, home),
+        dimensions=(24, 80),
+        timeout=TIMEOUT_S,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -44,6 +44,7 @@ gen: venv
 
 bench: venv
 	python bench/protocol.py
+	python bench/grpc_io.py
 	python bench/policy.py
 	python bench/shell.py
 

@@ -1,0 +1,48 @@
+"""Where the installed programs start: `zli`, `mrzapd` and `mrzap-agent`.
+
+Each one first sets what gRPC's core reads only once, when grpc is imported, and only then imports
+its command line. Child processes inherit the setting: the local agent that `mrzapd up` starts
+with `python -m agent`, whose package imports grpc before any of its code could set it.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["LOW_LATENCY_IO", "agent", "mrzapd", "zli"]
+
+#: The grpc I/O path the programs use unless GRPC_EXPERIMENTS is set already. By default grpcio
+#: 1.85's EventEngine client and listener hand every read to a thread pool; the older path reads
+#: on the polling thread, one thread hop less per message each way. On loopback that cuts a
+#: message round trip from about 370 to 250 us (`bench/grpc_io.py`), and a keystroke's echo
+#: through the broker takes four such messages. Experiments come and go with grpc releases: one
+#: that a newer grpc no longer knows is ignored, so check this with the benchmark on upgrades.
+LOW_LATENCY_IO = "-event_engine_client,-event_engine_listener"
+
+
+def _prefer_low_latency_io() -> None:
+    os.environ.setdefault("GRPC_EXPERIMENTS", LOW_LATENCY_IO)
+
+
+def zli() -> None:
+    """The `zli` command."""
+    _prefer_low_latency_io()
+    from zli.cli import main
+
+    main()
+
+
+def mrzapd() -> None:
+    """The `mrzapd` command."""
+    _prefer_low_latency_io()
+    from mrzapd.cli import main
+
+    main()
+
+
+def agent() -> None:
+    """The `mrzap-agent` command."""
+    _prefer_low_latency_io()
+    from agent.cli import main
+
+    main()

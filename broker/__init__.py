@@ -36,7 +36,7 @@ from ._migrations import MIGRATIONS
 from ._recordings import RecordingIntake, UserResolver, recording_owner
 from ._relay import ChannelRelay, RelayedChannel
 from ._revocations import Revocations
-from ._role import SERVER_OPTIONS, BrokerRole
+from ._role import SERVER_OPTIONS, BrokerRole, server_options
 
 __all__ = [
     "ACCESS",
@@ -62,4 +62,5 @@ __all__ = [
     "UserResolver",
     "load_or_create_broker_id",
     "recording_owner",
+    "server_options",
 ]

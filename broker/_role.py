@@ -16,15 +16,39 @@ from ._housekeeping import Housekeeper
 from ._recordings import RecordingIntake
 from ._relay import ChannelRelay
 
-__all__ = ["SERVER_OPTIONS", "BrokerRole"]
+__all__ = ["SERVER_OPTIONS", "BrokerRole", "server_options"]
 
-#: gRPC server options the broker needs. No message larger than 1 MiB is read into memory at all
-#: (the control stream's own, smaller limit answers with ControlClose); each agent holds one
-#: connection with one stream, so a connection needs few concurrent streams.
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_receive_message_length", 1024 * 1024),
-    ("grpc.max_concurrent_streams", 100),
-)
+
+def server_options(
+    keepalive_time_ms: int = 30_000, keepalive_timeout_ms: int = 20_000
+) -> tuple[tuple[str, int], ...]:
+    """gRPC server options the broker needs.
+
+    No message larger than 1 MiB is read into memory at all (the control stream's own, smaller
+    limit answers with ControlClose); each agent holds one connection with one stream, so a
+    connection needs few concurrent streams.
+
+    The server pings each connection with calls open once it has been quiet for
+    `keepalive_time_ms` and drops it, with every call on it, when the answer takes longer than
+    `keepalive_timeout_ms`. A peer that vanished without closing its connection (a laptop that
+    went to sleep, a NAT that forgot the mapping) would otherwise hold its calls open until TCP
+    gives up, which for an idle shell's channel is never: the shell would stay attached to nobody.
+    Pings go however long no data was sent (`max_pings_without_data` 0), or an idle channel would
+    stop being checked after two. grpcio 1.85 times a keepalive ping out by the HTTP/2 ping
+    timeout (a minute by default), not by `keepalive_timeout_ms`, so both are set.
+    """
+    return (
+        ("grpc.max_receive_message_length", 1024 * 1024),
+        ("grpc.max_concurrent_streams", 100),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    )
+
+
+#: The options `mrzapd` serves with.
+SERVER_OPTIONS = server_options()
 
 
 class BrokerRole:

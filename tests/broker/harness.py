@@ -124,10 +124,12 @@ async def running_harness(
     session_key: Ed25519PrivateKey | None = None,
     max_queued: int = MAX_QUEUED,
     wiring: Wiring = _bare,
+    options: tuple[tuple[str, int], ...] = SERVER_OPTIONS,
 ) -> AsyncIterator[Harness]:
     """A broker with a relay bounded by `max_queued` bytes, and a client channel to it.
 
-    The broker's caller is `caller` (by default a user whose session key is `session_key`).
+    The broker's caller is `caller` (by default a user whose session key is `session_key`); it
+    serves with the gRPC server `options`.
     """
     tls: TlsFiles = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
     directory = MemoryDirectory()
@@ -138,7 +140,7 @@ async def running_harness(
     role, servicer_options = wiring(config, directory, issuer)
     session_key = session_key or keys.generate_signing_key()
     callers = [caller or user_caller(keys.public_key_bytes(session_key))]
-    server = grpc.aio.server(interceptors=[StatusOnly()], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[StatusOnly()], options=options)
     role.add_to_server(server)
     pb_grpc.add_BrokerServiceServicer_to_server(
         BrokerServicer(issuer, role.relay, caller=lambda: callers[-1], **servicer_options), server

@@ -20,8 +20,9 @@ import pytest_asyncio
 
 from bastion.agent.v1 import agent_service_pb2 as agent_pb
 from bastion.broker.v1 import broker_service_pb2 as pb
+from bastion.broker.v1 import broker_service_pb2_grpc as broker_grpc
 from bastion.mrzap.v1 import mrzap_pb2
-from broker import PendingChannels
+from broker import PendingChannels, server_options
 from broker.testing import user_caller
 from mrzap import keys
 from mrzap.errors import NotFound
@@ -344,3 +345,73 @@ async def test_a_superseded_stream_ends_its_channels_even_if_it_cannot_be_writte
         # The busy client's write in flight makes grpcio end its call with INTERNAL.
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await asyncio.wait_for(writer, READ_TIMEOUT_S)
+
+
+class SilentProxy:
+    """A TCP proxy on loopback that can go silent: it stops passing bytes either way but keeps
+    both connections open, as a peer behind a NAT that forgot the mapping."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._pumps: list[asyncio.Task[None]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        """Listen; the port to connect to."""
+        self._server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def silence(self) -> None:
+        """Stop passing bytes; the connections stay open."""
+        for pump in self._pumps:
+            pump.cancel()
+
+    async def close(self) -> None:
+        """Close both ends of every connection."""
+        self.silence()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self._target_port
+        )
+        self._writers += [writer, upstream_writer]
+        loop = asyncio.get_running_loop()
+        self._pumps += [
+            loop.create_task(_pump(reader, upstream_writer)),
+            loop.create_task(_pump(upstream_reader, writer)),
+        ]
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_went_silent_is_dropped_and_the_agent_told(tmp_path: Path) -> None:
+    """Keepalive pings find a client whose connection went silent without closing: the broker
+    drops it, and the agent hears that the client left (a shell would stay attached to nobody)."""
+    options = server_options(keepalive_time_ms=500, keepalive_timeout_ms=500)
+    async with running_harness(tmp_path, options=options) as harness:
+        agent, stream = await harness.online()
+        proxy = SilentProxy(harness.port)
+        port = await proxy.start()
+        credentials = grpc.ssl_channel_credentials(harness.tls.ca_cert.read_bytes())
+        try:
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as connection:
+                harness.stub = broker_grpc.BrokerServiceStub(connection)
+                _, channel_id, _ = await answered_channel(harness, stream, agent)
+                proxy.silence()
+                # Pinged after 0.5 s of quiet, dropped 0.5 s later; 10 s is room for a busy machine.
+                close = await asyncio.wait_for(read_until(stream, "channel_close"), 10.0)
+                assert close.channel_close.channel_id == channel_id
+                assert "client left" in close.channel_close.reason
+        finally:
+            await proxy.close()

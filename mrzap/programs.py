@@ -15,8 +15,9 @@ __all__ = ["LOW_LATENCY_IO", "agent", "mrzapd", "zli"]
 #: 1.85's EventEngine client and listener hand every read to a thread pool; the older path reads
 #: on the polling thread, one thread hop less per message each way. On loopback that cuts a
 #: message round trip from about 370 to 250 us (`bench/grpc_io.py`), and a keystroke's echo
-#: through the broker takes four such messages. Experiments come and go with grpc releases: one
-#: that a newer grpc no longer knows is ignored, so check this with the benchmark on upgrades.
+#: through the broker takes four such messages. Experiments come and go with grpc releases
+#: (grpcio is pinned): a grpc that no longer knows one prints "Unknown experiment" at every start,
+#: so rerun the benchmark and update this when upgrading.
 LOW_LATENCY_IO = "-event_engine_client,-event_engine_listener"
 
 

@@ -54,6 +54,11 @@ class Harness:
     tls: TlsFiles
     port: int
 
+    def connection(self, port: int = 0) -> grpc.aio.Channel:
+        """Another client connection to the broker, or to `port` (a proxy in front of it)."""
+        credentials = grpc.ssl_channel_credentials(self.tls.ca_cert.read_bytes())
+        return grpc.aio.secure_channel(f"127.0.0.1:{port or self.port}", credentials)
+
     def register(self) -> Agent:
         agent = Agent(str(uuid.uuid4()), keys.generate_signing_key())
         self.directory.add(agent.target_id, keys.public_key_bytes(agent.key))

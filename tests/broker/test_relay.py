@@ -316,10 +316,7 @@ async def test_a_superseded_stream_ends_its_channels_even_if_it_cannot_be_writte
     connection unwritable: the broker cannot even send that stream its ControlClose. The old
     stream's channels must still end at once, not when TCP finally gives up."""
     agent = harness.register()
-    client_credentials = grpc.ssl_channel_credentials(harness.tls.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{harness.port}", client_credentials
-    ) as old_connection:
+    async with harness.connection() as old_connection:
         older = RawStream(old_connection)
         await older.authenticate(agent)
         idle, _, _ = await answered_channel(harness, older, agent)  # like `zli exec -- sleep 300`
@@ -331,8 +328,8 @@ async def test_a_superseded_stream_ends_its_channels_even_if_it_cannot_be_writte
             for seq in range(10_000):
                 await busy.write(pb.ChannelRequest(channel_frame=frame(seq, b"x" * 16_384)))
 
-        writer = asyncio.get_running_loop().create_task(flood())
         loop = asyncio.get_running_loop()
+        writer = loop.create_task(flood())
         deadline = loop.time() + READ_TIMEOUT_S
         while max(channel.queued_to_agent for channel in harness.role.relay) < MAX_QUEUED:
             assert loop.time() < deadline, "the old stream's writes never backed up"
@@ -403,9 +400,8 @@ async def test_a_client_that_went_silent_is_dropped_and_the_agent_told(tmp_path:
         agent, stream = await harness.online()
         proxy = SilentProxy(harness.port)
         port = await proxy.start()
-        credentials = grpc.ssl_channel_credentials(harness.tls.ca_cert.read_bytes())
         try:
-            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as connection:
+            async with harness.connection(port) as connection:
                 harness.stub = broker_grpc.BrokerServiceStub(connection)
                 _, channel_id, _ = await answered_channel(harness, stream, agent)
                 proxy.silence()

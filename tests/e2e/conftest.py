@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect  # type: ignore[import-untyped]  # it ships no type information
 import pytest
 
 from idp import hash_password
@@ -43,6 +45,22 @@ class Cluster:
     def zli(self, home: Path, *args: str, stdin: bool = False) -> ChildProcess:
         """Start `zli` with its own config directory."""
         return ChildProcess([str(BIN / "zli"), *args], env=self.env(home), stdin=stdin)
+
+
+def zli_terminal(args: list[str], env: dict[str, str], timeout_s: float) -> pexpect.spawn:
+    """zli on a fresh 24x80 pseudo-terminal, with Ctrl-C at its default as from a login shell.
+
+    A suite started as a background job ignores SIGINT, and so would zli: a program keeps a
+    SIGINT ignored when it starts (as background jobs are meant to).
+    """
+    return pexpect.spawn(
+        str(BIN / "zli"),
+        args,
+        env=env,
+        dimensions=(24, 80),
+        timeout=timeout_s,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ import dataclasses
 import io
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 import pexpect  # type: ignore[import-untyped]  # it ships no type information
 import pytest
 
-from .conftest import BIN, free_port
+from .conftest import BIN, free_port, zli_terminal
 from .targets import ME, online_site
 from .test_agents import Org
 
@@ -89,19 +88,8 @@ def zli(org: Org, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def spawn(org: Org, home: Path, *args: str) -> pexpect.spawn:
-    """zli on a fresh 24x80 pseudo-terminal, with Ctrl-C at its default as from a login shell.
-
-    A suite started as a background job ignores SIGINT, and so would zli: a program keeps a
-    SIGINT ignored when it starts (as background jobs are meant to).
-    """
-    return pexpect.spawn(
-        str(BIN / "zli"),
-        list(args),
-        env=_env(org, home),
-        dimensions=(24, 80),
-        timeout=TIMEOUT_S,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    """zli on a fresh pseudo-terminal."""
+    return zli_terminal(list(args), _env(org, home), TIMEOUT_S)
 
 
 def finish(child: pexpect.spawn) -> int:

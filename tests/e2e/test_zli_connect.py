@@ -17,7 +17,7 @@ from pathlib import Path
 import pexpect  # type: ignore[import-untyped]  # it ships no type information
 import pytest
 
-from .conftest import BIN
+from .conftest import BIN, zli_terminal
 from .targets import ME, online_site
 from .test_admin_cli import ok
 from .test_agents import Org
@@ -73,14 +73,8 @@ def zli(
 
 
 def spawn(org: Org, *args: str) -> pexpect.spawn:
-    """zli on a fresh 24x80 pseudo-terminal."""
-    return pexpect.spawn(
-        str(BIN / "zli"),
-        list(args),
-        env=_env(org),
-        dimensions=(24, 80),
-        timeout=TIMEOUT_S,
-    )
+    """zli on a fresh pseudo-terminal."""
+    return zli_terminal(list(args), _env(org), TIMEOUT_S)
 
 
 def finish(child: pexpect.spawn) -> int:

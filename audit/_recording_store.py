@@ -206,6 +206,14 @@ class RecordingStore:
         async with self._db.session() as s, s.begin():
             return rowcount(await s.execute(query.values(state=state))) == 1
 
+    async def live_of_target(self, target_id: str) -> list[str]:
+        """The connection ids of the target's LIVE recordings."""
+        statement = select(_RecordingRow.connection_id).where(
+            _RecordingRow.target_id == target_id, _RecordingRow.state == _LIVE
+        )
+        async with self._db.session() as s:
+            return list(await s.scalars(statement))
+
     async def search(
         self, query: RecordingQuery, after: tuple[float, str] | None, limit: int
     ) -> list[RecordingRecord]:
@@ -255,7 +263,9 @@ class RecordingStore:
             )
 
 
-_COMPLETE = 2  # bastion.audit.v1.RECORDING_STATE_COMPLETE, kept off the protobuf module here
+# bastion.audit.v1.RecordingState numbers, kept off the protobuf module here.
+_LIVE = 1
+_COMPLETE = 2
 
 
 def _recording(row: _RecordingRow) -> RecordingRecord:

@@ -247,16 +247,19 @@ class ConnectionStore:
         s: AsyncSession,
         *,
         user_id: str = "",
+        target_id: str = "",
         expired_by: float | None = None,
         pending_before: float | None = None,
     ) -> list[ConnectionRecord]:
-        """Connections not CLOSED: of `user_id`, or (with `expired_by`) past their expiry, or
-        (with `pending_before`) still PENDING though created before it."""
+        """Connections not CLOSED: of `user_id`, to `target_id`, or (with `expired_by`) past
+        their expiry, or (with `pending_before`) still PENDING though created before it."""
         query = select(_ConnectionRow).where(
             _ConnectionRow.state.in_([live.name for live in LIVE_STATES])
         )
         if user_id:
             query = query.where(_ConnectionRow.user_id == user_id)
+        if target_id:
+            query = query.where(_ConnectionRow.target_id == target_id)
         if expired_by is not None:
             expired = _ConnectionRow.expires_at <= expired_by
             if pending_before is not None:

@@ -13,6 +13,7 @@ relays and from the agent:
     broker loses the agent   CLOSED      for anything else (the agent ends it)
     revocation / close     → CLOSED      (audit CLOSED with the reason)
     the agent restarted    → CLOSED      (its AgentStarted: OPEN and DETACHED ones from before)
+    the target terminated  → CLOSED      (offline past its cleanup timeout: its agent is gone)
     a detached shell ends  → CLOSED      (the agent's ConnectionEnded, for its own target only)
     session_expires_at     → CLOSED      (noticed when connections are listed or re-attached)
 
@@ -128,6 +129,8 @@ _SHELL_STAYS = frozenset(
 _ENDED_DETACHED = "the shell ended while detached"
 #: Why the connections of a restarted agent were closed.
 _RESTARTED = "the agent restarted: what ran on the target has ended"
+#: Why the connections of a target that became TERMINATED were closed.
+_TERMINATED = "the target was terminated: its agent was offline past the cleanup timeout"
 
 
 class Connections:
@@ -301,6 +304,14 @@ class Connections:
             lambda s: self._store.started_on(s, target_id, started_before),
             _RESTARTED,
             self._clock.now(),
+        )
+
+    async def close_terminated(self, target_id: str) -> list[str]:
+        """The target became TERMINATED (its agent was offline past the cleanup timeout): close
+        (and audit) its connections that are not closed yet; their ids."""
+        await self.flush()  # endings this broker already knows of keep their own reasons
+        return await self._close_found(
+            lambda s: self._store.live_of(s, target_id=target_id), _TERMINATED, self._clock.now()
         )
 
     async def close_ended_detached(self, target_id: str, connection_id: str) -> bool:

@@ -165,13 +165,22 @@ class RecordingIntake:
             self._forget(connection_id)
         return True
 
-    async def abandon(self, connection_ids: Iterable[str]) -> None:
+    async def abandon(
+        self, connection_ids: Iterable[str], why: str = "its agent restarted"
+    ) -> None:
         """These connections ended with their agent process (see Connections
         .close_ended_by_restart): their live recordings can never complete."""
         for connection_id in connection_ids:
             self._forget(connection_id)
             if await self._recordings.abandoned(connection_id):
-                _log.info("recording %s is incomplete: its agent restarted", connection_id)
+                _log.info("recording %s is incomplete: %s", connection_id, why)
+
+    async def abandon_target(self, target_id: str) -> None:
+        """The target was terminated (its agent offline past the cleanup timeout): none of its
+        live recordings can complete any more, whether or not their connections are closed."""
+        await self.abandon(
+            await self._recordings.store.live_of_target(target_id), "its target was terminated"
+        )
 
     def _forget(self, connection_id: str) -> None:
         self._chains.pop(connection_id, None)

@@ -250,7 +250,14 @@ async def start_server(config: ServiceConfig) -> RunningServer:
         address = f"[{config.server.host}]:{config.server.port}"
     port = server.add_secure_port(address, credentials)
     await server.start()
-    sweeper = Sweeper(registry)
+
+    async def target_terminated(target_id: str) -> None:
+        # Its agent has been gone past the cleanup timeout: what it ran is presumed over, and its
+        # recordings' missing ends will not come.
+        await connections.close_terminated(target_id)
+        await recording_intake.abandon_target(target_id)
+
+    sweeper = Sweeper(registry, on_terminated=target_terminated)
     sweeper.start()
     broker.start()
     revocations.start()

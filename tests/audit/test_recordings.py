@@ -236,6 +236,25 @@ async def test_recordings_of_a_restarted_agent_end_incomplete_and_complete_ones_
 
 
 @pytest.mark.asyncio
+async def test_a_terminated_target_has_its_live_recordings_end_incomplete(world: World) -> None:
+    other_key = keys.generate_signing_key()
+    world.directory.add("target-2", keys.public_key_bytes(other_key.public_key()))
+    intake = world.intake()
+    running, finished = world.signer("conn-1"), world.signer("conn-2")
+    elsewhere = world.signer("conn-3", target_id="target-2", key=other_key)
+    assert await intake.receive(TARGET, running.sign_chunk(output("half")))
+    assert await intake.receive(TARGET, finished.sign_chunk(output("all"), final=True))
+    assert await intake.receive("target-2", elsewhere.sign_chunk(output("there")))
+    await intake.abandon_target(TARGET)
+    states = [await world.recordings.get(c) for c in ("conn-1", "conn-2", "conn-3")]
+    assert [r.state if r else None for r in states] == [
+        RecordingState.INCOMPLETE,
+        RecordingState.COMPLETE,
+        RecordingState.LIVE,
+    ]
+
+
+@pytest.mark.asyncio
 async def test_another_target_cannot_add_to_a_recording_or_name_another_target(
     world: World,
 ) -> None:

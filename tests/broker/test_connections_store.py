@@ -269,6 +269,34 @@ async def test_expired_and_abandoned_connections_are_closed(book: Book) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_terminated_target_has_all_its_connections_closed(book: Book) -> None:
+    open_, detached, pending = book.context(), book.context(), book.context()
+    other_target = dataclasses.replace(book.context(), target_id="target-2")
+    for context in (open_, detached, pending, other_target):
+        await book.open(context)
+    for context in (open_, detached, other_target):
+        book.connections.answered(context, None)
+    book.connections.ended(detached, ChannelOutcome.LEFT)
+
+    closed = await book.connections.close_terminated("target-1")
+
+    ours = [open_.connection_id, detached.connection_id, pending.connection_id]
+    assert sorted(closed) == sorted(ours)
+    for connection_id in ours:
+        record = await book.connections.get(connection_id)
+        assert record is not None
+        assert record.state is ConnectionState.CLOSED
+        assert "the target was terminated" in record.close_reason
+    assert await book.events(detached.connection_id) == [
+        audit_pb.CONNECTION_EVENT_TYPE_OPENED,
+        audit_pb.CONNECTION_EVENT_TYPE_DETACHED,
+        audit_pb.CONNECTION_EVENT_TYPE_CLOSED,
+    ]
+    assert await book.state(other_target.connection_id) is ConnectionState.OPEN
+    assert await book.connections.close_terminated("target-1") == []
+
+
+@pytest.mark.asyncio
 async def test_an_agent_restart_closes_what_ran_under_the_old_process_only(book: Book) -> None:
     open_, detached, pending = book.context(), book.context(), book.context()
     other_target = dataclasses.replace(book.context(), target_id="target-2")

@@ -5,6 +5,9 @@ Real IdP, `mrzapd serve` and `mrzap-agent run`; alice leaves recorded shells run
 - A detached shell that exits by itself: the agent says so (ConnectionEnded) and the broker
   closes the connection's record, which no channel could do.
 - An agent started ignoring signals starts shells and commands that do not ignore them.
+- The agent is killed and stays away: once its target is TERMINATED (offline past its
+  environment's cleanup timeout), the broker closes its connections and ends their recordings
+  incomplete, which nothing from the agent can do any more.
 - The agent is killed (SIGKILL: no goodbye, no final chunk) and started again: its AgentStarted
   makes the broker close the connections of the old process (they can no longer be re-attached)
   and mark their recordings incomplete, while what was recorded before still verifies; and the
@@ -28,7 +31,7 @@ from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from mrzap import keys
 from mrzap.recording import verify_recording
 
-from .targets import ME, Site, online_site
+from .targets import ME, Site, online_site, register_target
 from .test_agents import ONLINE_LINE, run_agent
 from .test_recording_server import POLICY, completed, detached_shell
 
@@ -130,3 +133,41 @@ def test_what_an_agent_starts_does_not_inherit_the_signals_it_was_started_ignori
     ignored = int(status.split()[1], 16)
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
         assert not ignored & (1 << (signum - 1)), f"{signum.name} ignored: {status}"
+
+
+def test_a_terminated_target_has_its_connections_closed_and_recordings_ended(site: Site) -> None:
+    """A target of its own, in an environment whose cleanup timeout is 2 s; its agent is
+    started again at the end, which also ends the shell the killed one left running."""
+    org = site.org
+    org.zli("env", "create", "e2e-short", "--offline-cleanup", "2s")
+    directory = site.root / "endings-short"
+    register_target(
+        org, directory, "endings-short", org.registration_key("e2e-short"), target_users=(ME,)
+    )
+    policy = site.root / "policy-short.yaml"
+    policy.write_text(POLICY.replace("[e2e-recording]", "[e2e-recording, e2e-short]"))
+    org.zli("policy", "import", str(policy))
+    agent = run_agent(directory)
+    try:
+        target_id = agent.wait_for(ONLINE_LINE, timeout_s=30).group(1)
+        script = "echo before-restart-$((1+1)); sleep 600\n"
+        connection_id = asyncio.run(detached_shell(org, target_id, script))
+        os.kill(agent.process.pid, signal.SIGKILL)
+        agent.wait()
+        org.wait_state(target_id, "TERMINATED", timeout_s=30)
+        events = closed_because(site, connection_id)
+        recording, chunks = asyncio.run(completed(org, connection_id))
+    finally:
+        agent.stop()
+        print(agent.output)  # shown when the test failed
+        cleaner = run_agent(directory)
+        try:
+            cleaner.wait_for(ONLINE_LINE, timeout_s=30)
+        finally:
+            cleaner.stop()
+
+    assert "the target was terminated" in events
+    assert recording.state == audit_pb.RECORDING_STATE_INCOMPLETE
+    public_key = keys.public_key_from_bytes(recording.agent_public_key)
+    verified = verify_recording(chunks, public_key, require_complete=False)
+    assert "before-restart-2" in "".join(e.data for e in verified.events if e.code == "o")

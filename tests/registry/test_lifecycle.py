@@ -10,7 +10,7 @@ import pytest
 from audit import Actor
 from bastion.audit.v1 import audit_service_pb2 as audit_pb
 from mrzap.errors import InvalidArgument, NotFound
-from registry import SweepResult, TargetFilter, TargetState
+from registry import Sweeper, SweepResult, TargetFilter, TargetState
 
 from .conftest import START, Org
 
@@ -143,6 +143,29 @@ async def test_sweep_terminates_long_offline_targets_per_environment(org: Org) -
     assert (await org.registry.sweep()).terminated == (slow,)
     _, history = await org.registry.target_history(slow)
     assert history[-1].reason == "offline for longer than 1 d"
+
+
+@pytest.mark.asyncio
+async def test_the_sweeper_reports_each_terminated_target_even_when_one_report_fails(
+    org: Org,
+) -> None:
+    first, second = await online(org, "a"), await online(org, "b")
+    reported: list[str] = []
+
+    async def on_terminated(target_id: str) -> None:
+        reported.append(target_id)
+        if len(reported) == 1:
+            raise RuntimeError("the database went away")
+
+    sweeper = Sweeper(org.registry, on_terminated=on_terminated)
+    org.clock.advance(61)
+    await sweeper.sweep_once()
+    assert reported == []  # only OFFLINE yet
+    org.clock.advance(86400)
+    await sweeper.sweep_once()
+    assert sorted(reported) == sorted([first, second])
+    await sweeper.sweep_once()
+    assert len(reported) == 2  # each target is terminated, and reported, once
 
 
 @pytest.mark.asyncio

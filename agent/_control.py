@@ -298,7 +298,7 @@ class ControlLoop:
         if recorder is not None:
             # Recording chunks queued while offline (and those maybe lost with the last stream)
             # go up on this one, in order.
-            recorder.uplink.connected(send)
+            recorder.uplink.connected(send, compress=welcome.accepts_compressed_recording_chunks)
         try:
             return await self._online_loop(call, reader, stopping, send, interval)
         finally:

@@ -2,7 +2,9 @@
 
 Recordings outlive control streams: a detached shell keeps recording while the agent reconnects.
 `RecordingUplink` holds the chunks of every recording in one queue, in the order they were cut,
-and a pump task writes them on the current stream as `ControlRequest.recording_chunk`:
+and a pump task writes them on the current stream as `ControlRequest.recording_chunk`, or
+compressed as `compressed_recording_chunk` when the broker's Welcome accepts that (the broker
+serves every agent: compressing here keeps that work off it, and the bytes off the wire):
 
 - while no stream is up, chunks wait in the queue;
 - the queue is bounded (`max_bytes`): when it is full, `accepting` turns false and the recorded
@@ -23,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bastion.agent.v1 import agent_service_pb2 as pb
+from mrzap.recording import compress_chunk_async
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_RESEND_BYTES", "RecordingUplink"]
 
@@ -87,8 +90,9 @@ class RecordingUplink:
         if not self.accepting:
             self._room.clear()
 
-    def connected(self, send: Send) -> None:
-        """A stream is up: write what was sent last time again, then every queued chunk."""
+    def connected(self, send: Send, *, compress: bool = False) -> None:
+        """A stream is up: write what was sent last time again, then every queued chunk
+        (`compress`ed, if the broker accepts that)."""
         self.disconnected()
         # The chunks maybe lost with the previous stream go first, so the chain stays in order.
         self._queue.extendleft(reversed(self._sent))
@@ -100,7 +104,7 @@ class RecordingUplink:
         if not self.accepting:
             self._room.clear()
         self._ready.set()
-        self._pump = asyncio.ensure_future(self._run(send))
+        self._pump = asyncio.ensure_future(self._run(send, compress))
 
     def disconnected(self) -> None:
         """The stream is gone: stop writing; queued chunks wait for the next one."""
@@ -116,7 +120,7 @@ class RecordingUplink:
         """Return once every queued chunk has been written (the agent is stopping)."""
         await self._empty.wait()
 
-    async def _run(self, send: Send) -> None:
+    async def _run(self, send: Send, compress: bool) -> None:
         while True:
             if not self._queue:
                 self._ready.clear()
@@ -124,7 +128,13 @@ class RecordingUplink:
                 continue
             raw = self._queue[0]
             try:
-                await send(pb.ControlRequest(recording_chunk=raw))
+                if compress:
+                    message = pb.ControlRequest(
+                        compressed_recording_chunk=await compress_chunk_async(raw)
+                    )
+                else:
+                    message = pb.ControlRequest(recording_chunk=raw)
+                await send(message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the stream broke: the control loop reconnects

@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mrzap.storage import Database, rowcount
 
-__all__ = ["ChunkRecord", "RecordingQuery", "RecordingRecord", "RecordingStore", "compress"]
+__all__ = ["ChunkRecord", "RecordingQuery", "RecordingRecord", "RecordingStore"]
 
 _ID = 64  # the width of id columns, as in audit_events
 
@@ -102,13 +102,7 @@ class ChunkRecord:
     raw: bytes
     sha256: bytes
     compressed: bytes
-    """`compress(raw)`, made by the caller (off the event loop: it is the costly part)."""
-
-
-def compress(raw: bytes) -> bytes:
-    """How chunks are stored. Level 1: several times smaller for terminal text already, at about
-    twice the speed of the default level, which matters for a busy session's throughput."""
-    return zlib.compress(raw, 1)
+    """`mrzap.recording.compress_chunk(raw)`, or what the agent sent in that format."""
 
 
 @dataclasses.dataclass(frozen=True)

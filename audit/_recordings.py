@@ -23,17 +23,15 @@ from bastion.mrzap.v1 import mrzap_pb2
 from mrzap.clock import Clock, SystemClock
 from mrzap.errors import InvalidArgument
 from mrzap.periodic import Periodic
+from mrzap.recording import compress_chunk_async
 from mrzap.timestamps import to_timestamp
 
 from ._log import AuditLog, Outcome
-from ._recording_store import ChunkRecord, RecordingRecord, RecordingStore, compress
+from ._recording_store import ChunkRecord, RecordingRecord, RecordingStore
 
 __all__ = ["AuditConfig", "RecordingPurger", "RecordingState", "Recordings"]
 
 _log = logging.getLogger("mrzap.audit.recordings")
-
-#: Chunks up to this size are compressed on the event loop (a thread hop would cost more).
-_INLINE_COMPRESS_BYTES = 4096
 
 
 class RecordingState(enum.IntEnum):
@@ -81,16 +79,16 @@ class Recordings:
         raw: bytes,
         sha256: bytes,
         chunk: mrzap_pb2.RecordingChunk,
+        compressed: bytes | None = None,
     ) -> None:
         """Store a verified chunk of `recording` (whose row is created with chunk 0) and its
-        commands as COMMAND events, in one transaction; then wake the recording's watchers."""
+        commands as COMMAND events, in one transaction; then wake the recording's watchers.
+
+        `compressed` is `raw` as the agent compressed it (`mrzap.recording.inflate_chunk` gave
+        `raw`); without it the chunk is compressed here."""
         now = self._clock.now()
-        # Compressing a large chunk takes milliseconds; zlib releases the GIL, so a thread keeps
-        # the event loop (every other agent's stream) free meanwhile.
-        if len(raw) > _INLINE_COMPRESS_BYTES:
-            compressed = await asyncio.to_thread(compress, raw)
-        else:
-            compressed = compress(raw)
+        if compressed is None:
+            compressed = await compress_chunk_async(raw)
         async with self.store.database.session() as s, s.begin():
             await self.store.add_chunk(
                 s,

@@ -35,8 +35,9 @@ _DRAIN_TIMEOUT_S = 10.0
 
 _log = logging.getLogger("mrzap.broker.recordings")
 
-#: Stores one chunk of an agent (`target_id`, the exact signed bytes); never raises for a bad one.
-Receive = Callable[[str, bytes], Awaitable[object]]
+#: Stores one chunk of an agent (`target_id`, the exact signed bytes or, when the flag says so,
+#: them compressed); never raises for a bad one.
+Receive = Callable[[str, bytes, bool], Awaitable[object]]
 #: Work about the target's recordings that must come after the chunks received before it.
 Work = Callable[[], Awaitable[object]]
 
@@ -49,12 +50,13 @@ class ChunkQueue:
     ) -> None:
         self._receive = receive
         self._target_id = target_id
-        self._queue: asyncio.Queue[bytes | Work | None] = asyncio.Queue(max_waiting)
+        self._queue: asyncio.Queue[tuple[bytes, bool] | Work | None] = asyncio.Queue(max_waiting)
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def put(self, raw: bytes) -> None:
-        """Queue one chunk; waits only while `max_waiting` chunks are queued already."""
-        await self._queue.put(raw)
+    async def put(self, data: bytes, *, compressed: bool = False) -> None:
+        """Queue one chunk (`compressed` by the agent or not); waits only while `max_waiting`
+        chunks are queued already."""
+        await self._queue.put((data, compressed))
 
     async def then(self, work: Work) -> None:
         """Run `work` once every chunk queued before it is stored (like `put`, it waits only
@@ -84,8 +86,8 @@ class ChunkQueue:
     async def _run(self) -> None:
         while (item := await self._queue.get()) is not None:
             try:
-                if isinstance(item, bytes):
-                    await self._receive(self._target_id, item)
+                if isinstance(item, tuple):
+                    await self._receive(self._target_id, *item)
                 else:
                     await item()
             except Exception:  # the intake logs its own failures; this one keeps the worker alive

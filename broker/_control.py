@@ -190,6 +190,7 @@ class AgentServicer:
                     broker_id=self._config.broker_id,
                     region=self._config.region,
                     keepalive_interval=self._welcome_interval,
+                    accepts_compressed_recording_chunks=True,
                 )
             )
             if self._on_welcome is not None:
@@ -282,6 +283,9 @@ class AgentServicer:
                     # is refused and logged; the stream goes on.
                     await chunks.put(event.recording_chunk)
                     continue
+                elif kind == "compressed_recording_chunk":
+                    await chunks.put(event.compressed_recording_chunk, compressed=True)
+                    continue
                 elif kind == "started":
                     if self.on_agent_started is not None:
                         await chunks.then(
@@ -317,7 +321,7 @@ class AgentServicer:
             _log.error("could not audit a refused agent: %s", error)
 
 
-async def _dropped(_target_id: str, _raw: bytes) -> None:
+async def _dropped(_target_id: str, _data: bytes, _compressed: bool) -> None:
     """The intake of a broker that keeps no recordings."""
 
 

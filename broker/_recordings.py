@@ -1,6 +1,9 @@
 """The broker's intake of recording chunks from agents' control streams (PROTOCOL.md section 8).
 
-An agent sends each signed chunk as `ControlRequest.recording_chunk`. Before anything is stored,
+An agent sends each signed chunk as `ControlRequest.recording_chunk`, or compressed (the
+agent's CPU, not the broker's, which every agent shares) as `compressed_recording_chunk`: then
+the broker inflates it, within the limit on a chunk, and stores the agent's compressed bytes as
+they are once the chunk inside has verified. Before anything is stored,
 `RecordingIntake` checks it with `mrzap.recording.ChainVerifier` under the public key the target
 registered with: signature, connection, sequence, hash chain, header and events. The chain of a
 connection continues across agent reconnections and broker restarts: the first chunk of a
@@ -28,7 +31,7 @@ from bastion.mrzap.v1 import mrzap_pb2
 from mrzap.envelope import signed_hash
 from mrzap.errors import MrzapError
 from mrzap.keys import public_key_from_bytes
-from mrzap.recording import MAX_SIGNED_CHUNK_BYTES, ChainVerifier, RecordingError
+from mrzap.recording import MAX_SIGNED_CHUNK_BYTES, ChainVerifier, RecordingError, inflate_chunk
 from mrzap.timestamps import from_timestamp
 
 from ._connections import Connections
@@ -100,12 +103,20 @@ class RecordingIntake:
         self._chains: dict[str, _Chain] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def receive(self, target_id: str, raw: bytes) -> bool:
-        """Check and store one chunk from `target_id`'s agent; False if it was refused.
+    async def receive(self, target_id: str, data: bytes, compressed: bool = False) -> bool:
+        """Check and store one chunk from `target_id`'s agent (`data` is the exact signed bytes,
+        or them `compressed` by the agent); False if it was refused.
 
         Never raises for a bad chunk: it is logged and the stream goes on.
         """
         try:
+            if compressed:
+                try:
+                    raw = inflate_chunk(data)
+                except RecordingError as error:
+                    raise _Refused(error.detail) from None
+            else:
+                raw = data
             chunk = _peek(raw)
             lock = self._locks.get(chunk.connection_id)
             if lock is None:
@@ -115,7 +126,7 @@ class RecordingIntake:
                         del self._locks[idle]
                 lock = self._locks[chunk.connection_id] = asyncio.Lock()
             async with lock:
-                return await self._receive(target_id, raw, chunk)
+                return await self._receive(target_id, raw, chunk, data if compressed else None)
         except _Refused as refused:
             _log.warning("refused a recording chunk from agent %s: %s", target_id, refused)
             return False
@@ -124,7 +135,13 @@ class RecordingIntake:
             _log.error("could not store a recording chunk from agent %s: %s", target_id, error)
             return False
 
-    async def _receive(self, target_id: str, raw: bytes, chunk: mrzap_pb2.RecordingChunk) -> bool:
+    async def _receive(
+        self,
+        target_id: str,
+        raw: bytes,
+        chunk: mrzap_pb2.RecordingChunk,
+        compressed: bytes | None,
+    ) -> bool:
         connection_id = chunk.connection_id
         digest = signed_hash(raw)
         chain = self._chains.get(connection_id)
@@ -156,7 +173,7 @@ class RecordingIntake:
             raise _Refused(message) from None
         assert chain.recording is not None
         try:
-            await self._recordings.append(chain.recording, raw, digest, verified)
+            await self._recordings.append(chain.recording, raw, digest, verified, compressed)
         except BaseException:
             # The verifier moved on but the chunk is not stored: resume from the store next time.
             self._chains.pop(connection_id, None)

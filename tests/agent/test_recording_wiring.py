@@ -24,7 +24,7 @@ from agent._uplink import RecordingUplink
 from bastion.agent.v1 import agent_service_pb2 as pb
 from bastion.mrzap.v1 import mrzap_pb2
 from mrzap import keys
-from mrzap.recording import VerifiedRecording, verify_recording
+from mrzap.recording import VerifiedRecording, inflate_chunk, verify_recording
 from tests.accounts import LOGIN
 
 WAIT_S = 10.0
@@ -36,14 +36,21 @@ class Collected:
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        """The chunks' signed bytes (inflated when they came compressed)."""
+        self.compressed = 0
+        """How many came as compressed_recording_chunk."""
         self.arrived = asyncio.Event()
         self.fail = False
 
     async def send(self, request: pb.ControlRequest) -> None:
         if self.fail:
             raise ConnectionResetError("the stream broke")
-        assert request.WhichOneof("frame") == "recording_chunk"
-        self.chunks.append(request.recording_chunk)
+        if request.WhichOneof("frame") == "compressed_recording_chunk":
+            self.chunks.append(inflate_chunk(request.compressed_recording_chunk))
+            self.compressed += 1
+        else:
+            assert request.WhichOneof("frame") == "recording_chunk"
+            self.chunks.append(request.recording_chunk)
         self.arrived.set()
 
     async def wait_for(self, count: int) -> None:
@@ -233,6 +240,22 @@ async def test_the_uplink_resends_after_a_broken_stream_in_order() -> None:
     uplink.put([b"e" * 5])
     await again.wait_for(3)
     assert again.chunks == [b"c" * 5, b"d" * 5, b"e" * 5]
+    uplink.disconnected()
+
+
+@pytest.mark.asyncio
+async def test_chunks_go_compressed_only_to_a_broker_that_accepts_them() -> None:
+    uplink = RecordingUplink()
+    chunks = [b"small " * 10, b"large terminal output " * 1000]  # inline and in a thread
+    uplink.put(chunks)
+    accepting = Collected()
+    uplink.connected(accepting.send, compress=True)
+    await accepting.wait_for(2)
+    assert (accepting.chunks, accepting.compressed) == (chunks, 2)
+    older = Collected()  # a broker whose Welcome does not say it accepts them
+    uplink.connected(older.send)
+    await older.wait_for(2)  # the resend after a reconnection
+    assert (older.chunks, older.compressed) == (chunks, 0)
     uplink.disconnected()
 
 

@@ -8,6 +8,7 @@ directory holds, and the store runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,7 +34,12 @@ from broker import RecordingIntake
 from broker.testing import MemoryDirectory
 from mrzap import keys
 from mrzap.errors import InvalidArgument
-from mrzap.recording import ChainSigner, recording_header, verify_recording
+from mrzap.recording import (
+    MAX_SIGNED_CHUNK_BYTES,
+    ChainSigner,
+    recording_header,
+    verify_recording,
+)
 from mrzap.storage import Database, sqlite_url
 from mrzap.testing import FixedClock
 
@@ -233,6 +239,50 @@ async def test_recordings_of_a_restarted_agent_end_incomplete_and_complete_ones_
     # What was recorded still verifies; nothing more is taken (the old process is gone).
     assert not verify_recording(await stored_chunks(world), world.key.public_key()).complete
     assert not await intake.receive(TARGET, running.sign_chunk(output("later")))
+
+
+@pytest.mark.asyncio
+async def test_chunks_the_agent_compressed_are_inflated_to_verify_and_stored_as_they_came(
+    world: World,
+) -> None:
+    intake = world.intake()
+    signer = world.signer()
+    sent = [signer.sign_chunk(output("total 0\r\n" * 2000, 0.1)), signer.sign_chunk(final=True)]
+    # Level 9, not the broker's own level 1: what is stored must be the agent's bytes.
+    compressed = [zlib.compress(raw, 9) for raw in sent]
+    assert await intake.receive(TARGET, compressed[0], compressed=True)
+    assert await intake.receive(TARGET, compressed[0], compressed=True)  # resent: skipped
+    assert await intake.receive(TARGET, compressed[1], compressed=True)
+    assert await stored_chunks(world) == sent
+    recording = await world.recordings.get("conn-1")
+    assert recording is not None
+    assert recording.state == RecordingState.COMPLETE
+    assert recording.stored_bytes == sum(len(data) for data in compressed)
+    assert verify_recording(await stored_chunks(world), world.key.public_key()).complete
+
+
+@pytest.mark.asyncio
+async def test_compressed_chunks_that_are_not_one_bounded_zlib_stream_are_refused(
+    world: World,
+) -> None:
+    intake = world.intake()
+    signer = world.signer()
+    first = signer.sign_chunk(output("one"))
+    bomb = zlib.compress(b"\0" * (MAX_SIGNED_CHUNK_BYTES + 1), 9)  # ~1 KiB that inflates past it
+    for data in (
+        b"not zlib at all",
+        zlib.compress(first)[:-5],  # cut short
+        zlib.compress(first) + b"more",  # something after the stream
+        bomb,
+    ):
+        assert not await intake.receive(TARGET, data, compressed=True)
+    assert await stored_chunks(world) == []
+    assert await intake.receive(TARGET, zlib.compress(first), compressed=True)
+    # Inflated, a chunk is checked like any other: a broken signature is refused.
+    tampered = bytearray(signer.sign_chunk(output("two")))
+    tampered[-1] ^= 1
+    assert not await intake.receive(TARGET, zlib.compress(bytes(tampered)), compressed=True)
+    assert await stored_chunks(world) == [first]
 
 
 @pytest.mark.asyncio

@@ -17,7 +17,7 @@ class SlowIntake:
         self.go = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def receive(self, target_id: str, raw: bytes) -> bool:
+    async def receive(self, target_id: str, raw: bytes, _compressed: bool) -> bool:
         self.started.set()
         await self.go.wait()
         if raw == b"boom":

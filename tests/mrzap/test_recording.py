@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,8 @@ from mrzap.recording import (
     RecordingError,
     RecordingFault,
     asciicast_lines,
+    compress_chunk,
+    inflate_chunk,
     recording_header,
     verify_recording,
 )
@@ -325,3 +329,36 @@ def test_asciinema_plays_the_export(tmp_path: Path) -> None:
         [str(asciinema), "cat", str(cast)], capture_output=True, timeout=20, check=True
     )
     assert played.stdout.decode() == "$ echo hi\r\nhi\r\n$ exit\r\n"
+
+
+def test_a_compressed_chunk_inflates_to_its_exact_bytes() -> None:
+    raw = ChainSigner(AGENT_KEY, "c", HEADER).sign_chunk([out(0.0, "hello\r\n" * 500)])
+    assert inflate_chunk(compress_chunk(raw)) == raw
+    assert len(compress_chunk(raw)) < len(raw) / 10
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not zlib", zlib.compress(b"x" * 100)[:-3], zlib.compress(b"x") + b"tail", b""],
+    ids=["not-zlib", "cut-short", "trailing-bytes", "empty"],
+)
+def test_anything_but_one_whole_zlib_stream_is_malformed(data: bytes) -> None:
+    with pytest.raises(RecordingError) as raised:
+        inflate_chunk(data)
+    assert raised.value.fault is RecordingFault.MALFORMED
+
+
+def test_a_compression_bomb_is_refused_without_inflating_it() -> None:
+    """64 MiB of zeros in about 64 KiB: inflating stops just past the limit on a chunk."""
+    compressor = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(64)) + compressor.flush()
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordingError) as raised:
+            inflate_chunk(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert raised.value.fault is RecordingFault.TOO_LARGE
+    assert peak < 4 * MAX_SIGNED_CHUNK_BYTES

@@ -27,39 +27,39 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bastion/agent/v1/agent_service.proto\x12\x10\x62\x61stion.agent.v1\x1a\x1c\x62\x61stion/mrzap/v1/mrzap.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\tChallenge\x12\x14\n\x05nonce\x18\x01 \x01(\x0cR\x05nonce\"\x88\x01\n\x07Welcome\x12\x1b\n\tbroker_id\x18\x01 \x01(\tR\x08\x62rokerId\x12\x16\n\x06region\x18\x02 \x01(\tR\x06region\x12H\n\x12keepalive_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11keepaliveInterval\"D\n\tKeepalive\x12\x37\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08sendTime\">\n\x0b\x43hannelOpen\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x10\n\x03syn\x18\x02 \x01(\x0cR\x03syn\"m\n\rChannelAnswer\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x19\n\x07syn_ack\x18\x02 \x01(\x0cH\x00R\x06synAck\x12\x18\n\x06reject\x18\x03 \x01(\x0cH\x00R\x06rejectB\x08\n\x06\x61nswer\"\\\n\x0c\x43hannelFrame\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12-\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.bastion.mrzap.v1.FrameR\x05\x66rame\"a\n\x0c\x43hannelClose\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n\x08\x64\x65tached\x18\x03 \x01(\x08R\x08\x64\x65tached\"\xa2\x01\n\x0c\x43ontrolClose\x12<\n\x06reason\x18\x01 \x01(\x0e\x32$.bastion.agent.v1.ControlCloseReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12:\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\nretryAfter\"\xbe\x04\n\x0e\x43ontrolRequest\x12\x1f\n\nagent_auth\x18\x01 \x01(\x0cH\x00R\tagentAuth\x12;\n\tkeepalive\x18\x02 \x01(\x0b\x32\x1b.bastion.agent.v1.KeepaliveH\x00R\tkeepalive\x12H\n\x0e\x63hannel_answer\x18\x03 \x01(\x0b\x32\x1f.bastion.agent.v1.ChannelAnswerH\x00R\rchannelAnswer\x12\x45\n\rchannel_frame\x18\x04 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelFrameH\x00R\x0c\x63hannelFrame\x12\x45\n\rchannel_close\x18\x05 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelCloseH\x00R\x0c\x63hannelClose\x12)\n\x0frecording_chunk\x18\x06 \x01(\x0cH\x00R\x0erecordingChunk\x12\x36\n\x05\x63lose\x18\x07 \x01(\x0b\x32\x1e.bastion.agent.v1.ControlCloseH\x00R\x05\x63lose\x12:\n\x07started\x18\x08 \x01(\x0b\x32\x1e.bastion.agent.v1.AgentStartedH\x00R\x07started\x12N\n\x10\x63onnection_ended\x18\t \x01(\x0b\x32!.bastion.agent.v1.ConnectionEndedH\x00R\x0f\x63onnectionEndedB\x07\n\x05\x66rame\"6\n\x0f\x43onnectionEnded\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\"\x0e\n\x0c\x41gentStarted\"\xf7\x03\n\x0f\x43ontrolResponse\x12;\n\tchallenge\x18\x01 \x01(\x0b\x32\x1b.bastion.agent.v1.ChallengeH\x00R\tchallenge\x12\x35\n\x07welcome\x18\x02 \x01(\x0b\x32\x19.bastion.agent.v1.WelcomeH\x00R\x07welcome\x12;\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1b.bastion.agent.v1.KeepaliveH\x00R\tkeepalive\x12\x42\n\x0c\x63hannel_open\x18\x04 \x01(\x0b\x32\x1d.bastion.agent.v1.ChannelOpenH\x00R\x0b\x63hannelOpen\x12\x45\n\rchannel_frame\x18\x05 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelFrameH\x00R\x0c\x63hannelFrame\x12\x45\n\rchannel_close\x18\x06 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelCloseH\x00R\x0c\x63hannelClose\x12 \n\nrevocation\x18\x07 \x01(\x0cH\x00R\nrevocation\x12\x36\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x1e.bastion.agent.v1.ControlCloseH\x00R\x05\x63loseB\x07\n\x05\x66rame*\xfa\x01\n\x12\x43ontrolCloseReason\x12$\n CONTROL_CLOSE_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x43ONTROL_CLOSE_REASON_SHUTDOWN\x10\x01\x12$\n CONTROL_CLOSE_REASON_AUTH_FAILED\x10\x02\x12\'\n#CONTROL_CLOSE_REASON_TARGET_DELETED\x10\x03\x12#\n\x1f\x43ONTROL_CLOSE_REASON_SUPERSEDED\x10\x04\x12\'\n#CONTROL_CLOSE_REASON_PROTOCOL_ERROR\x10\x05\x32\x62\n\x0c\x41gentService\x12R\n\x07\x43ontrol\x12 .bastion.agent.v1.ControlRequest\x1a!.bastion.agent.v1.ControlResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$bastion/agent/v1/agent_service.proto\x12\x10\x62\x61stion.agent.v1\x1a\x1c\x62\x61stion/mrzap/v1/mrzap.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\tChallenge\x12\x14\n\x05nonce\x18\x01 \x01(\x0cR\x05nonce\"\xd7\x01\n\x07Welcome\x12\x1b\n\tbroker_id\x18\x01 \x01(\tR\x08\x62rokerId\x12\x16\n\x06region\x18\x02 \x01(\tR\x06region\x12H\n\x12keepalive_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11keepaliveInterval\x12M\n#accepts_compressed_recording_chunks\x18\x04 \x01(\x08R acceptsCompressedRecordingChunks\"D\n\tKeepalive\x12\x37\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08sendTime\">\n\x0b\x43hannelOpen\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x10\n\x03syn\x18\x02 \x01(\x0cR\x03syn\"m\n\rChannelAnswer\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x19\n\x07syn_ack\x18\x02 \x01(\x0cH\x00R\x06synAck\x12\x18\n\x06reject\x18\x03 \x01(\x0cH\x00R\x06rejectB\x08\n\x06\x61nswer\"\\\n\x0c\x43hannelFrame\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12-\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.bastion.mrzap.v1.FrameR\x05\x66rame\"a\n\x0c\x43hannelClose\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n\x08\x64\x65tached\x18\x03 \x01(\x08R\x08\x64\x65tached\"\xa2\x01\n\x0c\x43ontrolClose\x12<\n\x06reason\x18\x01 \x01(\x0e\x32$.bastion.agent.v1.ControlCloseReasonR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12:\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\nretryAfter\"\xfe\x04\n\x0e\x43ontrolRequest\x12\x1f\n\nagent_auth\x18\x01 \x01(\x0cH\x00R\tagentAuth\x12;\n\tkeepalive\x18\x02 \x01(\x0b\x32\x1b.bastion.agent.v1.KeepaliveH\x00R\tkeepalive\x12H\n\x0e\x63hannel_answer\x18\x03 \x01(\x0b\x32\x1f.bastion.agent.v1.ChannelAnswerH\x00R\rchannelAnswer\x12\x45\n\rchannel_frame\x18\x04 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelFrameH\x00R\x0c\x63hannelFrame\x12\x45\n\rchannel_close\x18\x05 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelCloseH\x00R\x0c\x63hannelClose\x12)\n\x0frecording_chunk\x18\x06 \x01(\x0cH\x00R\x0erecordingChunk\x12\x36\n\x05\x63lose\x18\x07 \x01(\x0b\x32\x1e.bastion.agent.v1.ControlCloseH\x00R\x05\x63lose\x12:\n\x07started\x18\x08 \x01(\x0b\x32\x1e.bastion.agent.v1.AgentStartedH\x00R\x07started\x12N\n\x10\x63onnection_ended\x18\t \x01(\x0b\x32!.bastion.agent.v1.ConnectionEndedH\x00R\x0f\x63onnectionEnded\x12>\n\x1a\x63ompressed_recording_chunk\x18\n \x01(\x0cH\x00R\x18\x63ompressedRecordingChunkB\x07\n\x05\x66rame\"6\n\x0f\x43onnectionEnded\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\"\x0e\n\x0c\x41gentStarted\"\xf7\x03\n\x0f\x43ontrolResponse\x12;\n\tchallenge\x18\x01 \x01(\x0b\x32\x1b.bastion.agent.v1.ChallengeH\x00R\tchallenge\x12\x35\n\x07welcome\x18\x02 \x01(\x0b\x32\x19.bastion.agent.v1.WelcomeH\x00R\x07welcome\x12;\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1b.bastion.agent.v1.KeepaliveH\x00R\tkeepalive\x12\x42\n\x0c\x63hannel_open\x18\x04 \x01(\x0b\x32\x1d.bastion.agent.v1.ChannelOpenH\x00R\x0b\x63hannelOpen\x12\x45\n\rchannel_frame\x18\x05 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelFrameH\x00R\x0c\x63hannelFrame\x12\x45\n\rchannel_close\x18\x06 \x01(\x0b\x32\x1e.bastion.agent.v1.ChannelCloseH\x00R\x0c\x63hannelClose\x12 \n\nrevocation\x18\x07 \x01(\x0cH\x00R\nrevocation\x12\x36\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x1e.bastion.agent.v1.ControlCloseH\x00R\x05\x63loseB\x07\n\x05\x66rame*\xfa\x01\n\x12\x43ontrolCloseReason\x12$\n CONTROL_CLOSE_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x43ONTROL_CLOSE_REASON_SHUTDOWN\x10\x01\x12$\n CONTROL_CLOSE_REASON_AUTH_FAILED\x10\x02\x12\'\n#CONTROL_CLOSE_REASON_TARGET_DELETED\x10\x03\x12#\n\x1f\x43ONTROL_CLOSE_REASON_SUPERSEDED\x10\x04\x12\'\n#CONTROL_CLOSE_REASON_PROTOCOL_ERROR\x10\x05\x32\x62\n\x0c\x41gentService\x12R\n\x07\x43ontrol\x12 .bastion.agent.v1.ControlRequest\x1a!.bastion.agent.v1.ControlResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bastion.agent.v1.agent_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTROLCLOSEREASON']._serialized_start=2086
-  _globals['_CONTROLCLOSEREASON']._serialized_end=2336
+  _globals['_CONTROLCLOSEREASON']._serialized_start=2229
+  _globals['_CONTROLCLOSEREASON']._serialized_end=2479
   _globals['_CHALLENGE']._serialized_start=153
   _globals['_CHALLENGE']._serialized_end=186
   _globals['_WELCOME']._serialized_start=189
-  _globals['_WELCOME']._serialized_end=325
-  _globals['_KEEPALIVE']._serialized_start=327
-  _globals['_KEEPALIVE']._serialized_end=395
-  _globals['_CHANNELOPEN']._serialized_start=397
-  _globals['_CHANNELOPEN']._serialized_end=459
-  _globals['_CHANNELANSWER']._serialized_start=461
-  _globals['_CHANNELANSWER']._serialized_end=570
-  _globals['_CHANNELFRAME']._serialized_start=572
-  _globals['_CHANNELFRAME']._serialized_end=664
-  _globals['_CHANNELCLOSE']._serialized_start=666
-  _globals['_CHANNELCLOSE']._serialized_end=763
-  _globals['_CONTROLCLOSE']._serialized_start=766
-  _globals['_CONTROLCLOSE']._serialized_end=928
-  _globals['_CONTROLREQUEST']._serialized_start=931
-  _globals['_CONTROLREQUEST']._serialized_end=1505
-  _globals['_CONNECTIONENDED']._serialized_start=1507
-  _globals['_CONNECTIONENDED']._serialized_end=1561
-  _globals['_AGENTSTARTED']._serialized_start=1563
-  _globals['_AGENTSTARTED']._serialized_end=1577
-  _globals['_CONTROLRESPONSE']._serialized_start=1580
-  _globals['_CONTROLRESPONSE']._serialized_end=2083
-  _globals['_AGENTSERVICE']._serialized_start=2338
-  _globals['_AGENTSERVICE']._serialized_end=2436
+  _globals['_WELCOME']._serialized_end=404
+  _globals['_KEEPALIVE']._serialized_start=406
+  _globals['_KEEPALIVE']._serialized_end=474
+  _globals['_CHANNELOPEN']._serialized_start=476
+  _globals['_CHANNELOPEN']._serialized_end=538
+  _globals['_CHANNELANSWER']._serialized_start=540
+  _globals['_CHANNELANSWER']._serialized_end=649
+  _globals['_CHANNELFRAME']._serialized_start=651
+  _globals['_CHANNELFRAME']._serialized_end=743
+  _globals['_CHANNELCLOSE']._serialized_start=745
+  _globals['_CHANNELCLOSE']._serialized_end=842
+  _globals['_CONTROLCLOSE']._serialized_start=845
+  _globals['_CONTROLCLOSE']._serialized_end=1007
+  _globals['_CONTROLREQUEST']._serialized_start=1010
+  _globals['_CONTROLREQUEST']._serialized_end=1648
+  _globals['_CONNECTIONENDED']._serialized_start=1650
+  _globals['_CONNECTIONENDED']._serialized_end=1704
+  _globals['_AGENTSTARTED']._serialized_start=1706
+  _globals['_AGENTSTARTED']._serialized_end=1720
+  _globals['_CONTROLRESPONSE']._serialized_start=1723
+  _globals['_CONTROLRESPONSE']._serialized_end=2226
+  _globals['_AGENTSERVICE']._serialized_start=2481
+  _globals['_AGENTSERVICE']._serialized_end=2579
 # @@protoc_insertion_point(module_scope)

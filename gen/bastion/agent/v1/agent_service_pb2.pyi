@@ -89,10 +89,13 @@ class Welcome(_message.Message):
     BROKER_ID_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     KEEPALIVE_INTERVAL_FIELD_NUMBER: _builtins.int
+    ACCEPTS_COMPRESSED_RECORDING_CHUNKS_FIELD_NUMBER: _builtins.int
     broker_id: _builtins.str
     """The broker holding the stream."""
     region: _builtins.str
     """The broker's region, which the target is pinned to."""
+    accepts_compressed_recording_chunks: _builtins.bool
+    """The broker takes `compressed_recording_chunk`; an agent sends chunks compressed only then."""
     @_builtins.property
     def keepalive_interval(self) -> _duration_pb2.Duration:
         """How often each side sends a keepalive; a side that hears nothing for three intervals ends the stream."""
@@ -103,10 +106,11 @@ class Welcome(_message.Message):
         broker_id: _builtins.str = ...,
         region: _builtins.str = ...,
         keepalive_interval: _duration_pb2.Duration | None = ...,
+        accepts_compressed_recording_chunks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_id", b"broker_id", "keepalive_interval", b"keepalive_interval", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_compressed_recording_chunks", b"accepts_compressed_recording_chunks", "broker_id", b"broker_id", "keepalive_interval", b"keepalive_interval", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,6 +308,7 @@ class ControlRequest(_message.Message):
     CLOSE_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
     CONNECTION_ENDED_FIELD_NUMBER: _builtins.int
+    COMPRESSED_RECORDING_CHUNK_FIELD_NUMBER: _builtins.int
     agent_auth: _builtins.bytes
     """The exact bytes of the serialized bastion.mrzap.v1.Signed AgentAuth (domain
     `mrzap/v1/agent-auth`), which the broker checks against the registered public key.
@@ -311,6 +316,11 @@ class ControlRequest(_message.Message):
     recording_chunk: _builtins.bytes
     """The exact bytes of a serialized bastion.mrzap.v1.Signed RecordingChunk (domain
     `mrzap/v1/recording`); the broker stores them unchanged so the hash chain verifies.
+    """
+    compressed_recording_chunk: _builtins.bytes
+    """A `recording_chunk` as one zlib stream (RFC 1950), when the Welcome accepts it. The agent
+    compresses, so the broker, which serves every agent, only inflates (within the limit on a
+    signed chunk) to verify, then stores the compressed bytes as they came.
     """
     @_builtins.property
     def keepalive(self) -> Global___Keepalive:
@@ -352,12 +362,13 @@ class ControlRequest(_message.Message):
         close: Global___ControlClose | None = ...,
         started: Global___AgentStarted | None = ...,
         connection_ended: Global___ConnectionEnded | None = ...,
+        compressed_recording_chunk: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "compressed_recording_chunk", b"compressed_recording_chunk", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_auth", b"agent_auth", "channel_answer", b"channel_answer", "channel_close", b"channel_close", "channel_frame", b"channel_frame", "close", b"close", "compressed_recording_chunk", b"compressed_recording_chunk", "connection_ended", b"connection_ended", "frame", b"frame", "keepalive", b"keepalive", "recording_chunk", b"recording_chunk", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close", "started", "connection_ended"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["agent_auth", "keepalive", "channel_answer", "channel_frame", "channel_close", "recording_chunk", "close", "started", "connection_ended", "compressed_recording_chunk"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 

@@ -25,6 +25,7 @@ from mrzap.errors import (
     Unauthenticated,
     Unavailable,
 )
+from mrzap.programs import freeze_startup_objects
 
 from ._backoff import Backoff
 from ._channels import AgentChannels
@@ -223,6 +224,7 @@ async def _run(
     ignored = [s for s in _TERMINAL_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
     for signum in ignored:
         running.add_signal_handler(signum, lambda: None)
+    freeze_startup_objects()
     try:
         await loop.run(stop)
     finally:

@@ -46,6 +46,7 @@ from broker import (
 from mrzap.clock import SystemClock
 from mrzap.jwks import HttpJwksSource
 from mrzap.pktoken import PkTokenVerifier
+from mrzap.programs import freeze_startup_objects
 from mrzap.storage import Database
 from mrzap.tls import TlsFiles, ensure_server_tls
 from policy import MIGRATIONS as POLICY_MIGRATIONS
@@ -294,6 +295,7 @@ async def serve_until_stopped(
     service (the local agent of `mrzapd up`).
     """
     running = await start_server(config)
+    freeze_startup_objects()
     print(READY_LINE.format(host=config.server.host, port=running.port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

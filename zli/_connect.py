@@ -24,6 +24,7 @@ from bastion.mrzap.v1 import mrzap_pb2
 from bastion.registry.v1 import registry_service_pb2 as registry_pb
 from mrzap.errors import InvalidArgument, MrzapError, NotFound, PermissionDenied
 from mrzap.handshake import Action
+from mrzap.programs import freeze_startup_objects
 
 from ._channel import ChannelRequest, Identity, open_channel, resolve_target, secure_channel
 from ._client import ServiceClient
@@ -153,6 +154,7 @@ async def _session(
     async with secure_channel(login.server, login.ca_file) as grpc_channel:
         target_id = await resolve_target(grpc_channel, identity, target)
         channel = await open_channel(grpc_channel, identity, request(target_id))
+        freeze_startup_objects()  # a session may last hours: no full collection of the imports
         terminal = raw_mode(0) if interactive else contextlib.nullcontext(False)
         with terminal as on_terminal, _ends_on(signal.SIGTERM, signal.SIGHUP) as ended_by:
             try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 
 import pytest
 
-from mrzap.programs import LOW_LATENCY_IO
+from mrzap.programs import LOW_LATENCY_IO, freeze_startup_objects
 
 # Run in a fresh interpreter: records GRPC_EXPERIMENTS at the moment grpc is first imported.
 _PROBE = """
@@ -54,3 +55,13 @@ def test_each_program_sets_the_io_path_before_grpc_loads(function: str) -> None:
 def test_an_administrators_own_setting_wins() -> None:
     env = {**os.environ, "GRPC_EXPERIMENTS": "-tcp_rcv_lowat"}
     assert _setting_at_grpc_import("zli", env) == "-tcp_rcv_lowat"
+
+
+def test_startup_objects_are_kept_out_of_full_collections() -> None:
+    tracked = len(gc.get_objects())
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() >= tracked
+        assert len(gc.get_objects()) < tracked // 10  # what a full collection still walks
+    finally:
+        gc.unfreeze()  # the rest of the test run collects as usual

@@ -45,6 +45,7 @@ gen: venv
 bench: venv
 	python bench/protocol.py
 	python bench/grpc_io.py
+	python bench/relay_floor.py
 	python bench/policy.py
 	python bench/shell.py
 

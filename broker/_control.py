@@ -134,6 +134,13 @@ class AgentServicer:
         self._clock = clock
         self._admissions = asyncio.Semaphore(config.max_concurrent_admissions)
         self._welcome_interval = to_duration(config.keepalive_interval_s)
+        self._stream_endings: set[asyncio.Task[None]] = set()
+
+    async def streams_ended(self) -> None:
+        """Wait until the streams that ended have finished storing and reporting (the service
+        stopping, after the gRPC server: before the database closes)."""
+        while self._stream_endings:
+            await asyncio.wait(set(self._stream_endings))
 
     async def Control(
         self,
@@ -208,17 +215,31 @@ class AgentServicer:
             raise refusal.error from None
         finally:
             reader.cancel()
-            if chunks is not None and stream is not None:
-                # What the agent sent before it left is still stored.
-                await self._chunk_queues.release(stream.target_id)
             if stream is not None:
+                # Nothing here may come after an await: grpc.aio cancels this handler when the
+                # agent's call ends, often while the generator is already in this block, and the
+                # cancellation lands at the first await. It used to skip these two lines now and
+                # then, leaving the clients of a vanished agent's channels waiting for ever.
                 self._relay.agent_gone(stream)
-            if stream is not None and self._agents.remove(stream) and not stream.draining:
-                _log.info("agent %s offline: %s", stream.target_id, stream.end_reason)
-                with contextlib.suppress(MrzapError):  # the registry's sweep catches up
-                    await self._directory.agent_disconnected(
-                        stream.target_id, self._config.broker_id, stream.end_reason
-                    )
+                offline = self._agents.remove(stream) and not stream.draining
+                # The rest awaits the database: a task of its own finishes it regardless.
+                ending = asyncio.get_running_loop().create_task(
+                    self._stream_ended(stream, chunks is not None, offline=offline)
+                )
+                self._stream_endings.add(ending)
+                ending.add_done_callback(self._stream_endings.discard)
+                await asyncio.shield(ending)
+
+    async def _stream_ended(self, stream: AgentStream, release: bool, *, offline: bool) -> None:
+        """Store what the agent sent before it left, then tell the registry it is offline."""
+        if release:
+            await self._chunk_queues.release(stream.target_id)
+        if offline:
+            _log.info("agent %s offline: %s", stream.target_id, stream.end_reason)
+            with contextlib.suppress(MrzapError):  # the registry's sweep catches up
+                await self._directory.agent_disconnected(
+                    stream.target_id, self._config.broker_id, stream.end_reason
+                )
 
     async def _first_message(self, events: asyncio.Queue[object]) -> pb.ControlRequest:
         """The agent's first message, which must come within the auth timeout."""

@@ -125,6 +125,7 @@ class RunningServer:
         if self.connections is not None:
             await self.connections.stop()
         await stopping
+        await self.broker.servicer.streams_ended()
         await self.decider.close()
         await self.database.close()
 

@@ -174,3 +174,4 @@ async def running_harness(
         finally:
             await role.shutdown()
             await server.stop(0)
+            await role.servicer.streams_ended()

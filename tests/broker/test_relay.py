@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -22,8 +22,8 @@ from bastion.agent.v1 import agent_service_pb2 as agent_pb
 from bastion.broker.v1 import broker_service_pb2 as pb
 from bastion.broker.v1 import broker_service_pb2_grpc as broker_grpc
 from bastion.mrzap.v1 import mrzap_pb2
-from broker import PendingChannels, server_options
-from broker.testing import user_caller
+from broker import BrokerConfig, BrokerRole, PendingChannels, RecordingIntake, server_options
+from broker.testing import MemoryDirectory, user_caller
 from mrzap import keys
 from mrzap.errors import NotFound
 
@@ -224,6 +224,44 @@ async def test_losing_the_agent_ends_the_channel_unavailable(harness: Harness) -
     call, _, _ = await answered_channel(harness, stream, agent)
     stream.call.cancel()
     assert (await status(call))[0] is grpc.StatusCode.UNAVAILABLE
+
+
+class StalledIntake:
+    """A recording intake whose store of a chunk waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.storing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def receive(self, _target_id: str, _data: bytes, _compressed: bool = False) -> bool:
+        self.storing.set()
+        await self.go.wait()
+        return True
+
+
+@pytest.mark.asyncio
+async def test_losing_the_agent_while_a_chunk_is_stored_still_ends_the_channel(
+    tmp_path: Path,
+) -> None:
+    """The stream's end first stores what the agent sent, and grpc.aio cancels the stream's
+    handler meanwhile (its call is over): the channels end all the same, and at once."""
+    intake = StalledIntake()
+
+    def wiring(
+        config: BrokerConfig, directory: MemoryDirectory, _issuer: object
+    ) -> tuple[BrokerRole, dict[str, Any]]:
+        return BrokerRole(config, directory, recordings=cast(RecordingIntake, intake)), {}
+
+    async with running_harness(tmp_path, wiring=wiring) as harness:
+        agent, stream = await harness.online()
+        call, _, _ = await answered_channel(harness, stream, agent)
+        await stream.send(agent_pb.ControlRequest(recording_chunk=b"a chunk"))
+        await asyncio.wait_for(intake.storing.wait(), READ_TIMEOUT_S)
+        stream.call.cancel()
+        try:
+            assert (await status(call))[0] is grpc.StatusCode.UNAVAILABLE
+        finally:
+            intake.go.set()  # the chunk is stored, and the stream's end finishes
 
 
 @pytest.mark.asyncio

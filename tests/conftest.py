@@ -12,6 +12,7 @@ import os
 # As in the agent (see agent/__init__.py): tests fork shells and commands next to gRPC's threads,
 # and gRPC reads this when first imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,8 +73,26 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
     try:
         yield server_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(server_url, name)
+
+
+def _drop_database(server_url: str, name: str, timeout_s: float = 10.0) -> None:
+    """Drop `name`, ending the sessions a test left open in it (FORCE).
+
+    FORCE may end only sessions of the test's own role: an autovacuum worker that happens to be
+    in the new database makes it fail with InsufficientPrivilege. The worker is done in moments,
+    so the drop is tried again until `timeout_s` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with psycopg.connect(server_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

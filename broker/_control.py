@@ -231,15 +231,17 @@ class AgentServicer:
                 await asyncio.shield(ending)
 
     async def _stream_ended(self, stream: AgentStream, release: bool, *, offline: bool) -> None:
-        """Store what the agent sent before it left, then tell the registry it is offline."""
-        if release:
-            await self._chunk_queues.release(stream.target_id)
+        """Tell the registry the agent is offline, then store what it sent before it left."""
+        # First: storing the chunks may take seconds, and an agent that reconnects meanwhile
+        # must not be reported offline after it is back.
         if offline:
             _log.info("agent %s offline: %s", stream.target_id, stream.end_reason)
             with contextlib.suppress(MrzapError):  # the registry's sweep catches up
                 await self._directory.agent_disconnected(
                     stream.target_id, self._config.broker_id, stream.end_reason
                 )
+        if release:
+            await self._chunk_queues.release(stream.target_id)
 
     async def _first_message(self, events: asyncio.Queue[object]) -> pb.ControlRequest:
         """The agent's first message, which must come within the auth timeout."""

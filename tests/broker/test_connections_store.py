@@ -268,8 +268,11 @@ async def test_expired_and_abandoned_connections_are_closed(book: Book) -> None:
     assert record.close_reason == "the session expired"
 
 
-@pytest.mark.asyncio
-async def test_a_terminated_target_has_all_its_connections_closed(book: Book) -> None:
+async def connections_in_every_live_state(
+    book: Book,
+) -> tuple[ChannelContext, ChannelContext, ChannelContext, ChannelContext]:
+    """Connections to target-1 that are OPEN, DETACHED and PENDING, and an OPEN one to
+    target-2; in that order."""
     open_, detached, pending = book.context(), book.context(), book.context()
     other_target = dataclasses.replace(book.context(), target_id="target-2")
     for context in (open_, detached, pending, other_target):
@@ -277,6 +280,12 @@ async def test_a_terminated_target_has_all_its_connections_closed(book: Book) ->
     for context in (open_, detached, other_target):
         book.connections.answered(context, None)
     book.connections.ended(detached, ChannelOutcome.LEFT)
+    return open_, detached, pending, other_target
+
+
+@pytest.mark.asyncio
+async def test_a_terminated_target_has_all_its_connections_closed(book: Book) -> None:
+    open_, detached, pending, other_target = await connections_in_every_live_state(book)
 
     closed = await book.connections.close_terminated("target-1")
 
@@ -298,13 +307,7 @@ async def test_a_terminated_target_has_all_its_connections_closed(book: Book) ->
 
 @pytest.mark.asyncio
 async def test_an_agent_restart_closes_what_ran_under_the_old_process_only(book: Book) -> None:
-    open_, detached, pending = book.context(), book.context(), book.context()
-    other_target = dataclasses.replace(book.context(), target_id="target-2")
-    for context in (open_, detached, pending, other_target):
-        await book.open(context)
-    for context in (open_, detached, other_target):
-        book.connections.answered(context, None)
-    book.connections.ended(detached, ChannelOutcome.LEFT)
+    open_, detached, pending, other_target = await connections_in_every_live_state(book)
     book.clock.advance(1)
     restarted_at = book.clock.now()
     after = book.context()  # opened on the new process

@@ -54,11 +54,6 @@ _WARM_UP = 300
 _GOALS = {"p50": 1.5, "p99": 3.0}
 
 
-def _cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def _bytes(data: bytes) -> bytes:
     return data
 
